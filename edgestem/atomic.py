@@ -18,7 +18,9 @@ def _check_dir(path: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EdgestemError(f"cannot create output directory {parent}: {exc.strerror}; choose a writable path") from None
+        raise EdgestemError(
+            f"cannot create output directory {parent}: {exc.strerror}; choose a writable path"
+        ) from None
     if not os.access(parent, os.W_OK):
         raise EdgestemError(f"output directory {parent} is not writable; choose a writable path")
 

@@ -25,28 +25,48 @@ class Section(BaseModel):
 class LatticeConfig(Section):
     """The crystal's reciprocal lattice as it appears on the detector (undeformed)."""
 
-    kind: Literal["hex", "square"] = Field("hex", description="hex: six-fold (like WS2); square: four-fold (like SrTiO3 [001]).")
+    kind: Literal["hex", "square"] = Field(
+        "hex", description="hex: six-fold (like WS2); square: four-fold (like SrTiO3 [001])."
+    )
     spacing_px: float = Field(11.0, gt=2, description="|g| of the first-order reflections on the detector, in pixels.")
     orientation_deg: float = Field(0.0, description="Orientation of the undeformed lattice (the reference), degrees.")
-    disk_radius_px: float = Field(2.5, gt=0, description="Bragg disk radius in pixels (set by the probe aperture; never strained).")
+    disk_radius_px: float = Field(
+        2.5, gt=0, description="Bragg disk radius in pixels (set by the probe aperture; never strained)."
+    )
     disk_edge_px: float = Field(0.5, gt=0, description="Width of the soft disk edge (probe profile), pixels.")
-    central_beam: float = Field(2.0, gt=0, description="Peak intensity of the central (000) disk relative to the brightest diffracted disk.")
+    central_beam: float = Field(
+        2.0,
+        gt=0,
+        description="Peak intensity of the central (000) disk relative to the brightest diffracted disk.",
+    )
     falloff_px: float = Field(22.0, gt=0, description="Diffracted intensities fall as exp(-|g|^2 / (2 falloff^2)).")
-    intensity_variation: float = Field(0.0, ge=0, le=1, description="Relative amplitude of intensity variation inside disks (0 = flat disks).")
+    intensity_variation: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Relative amplitude of intensity variation inside disks (0 = flat disks).",
+    )
 
 
 class SpecimenConfig(Section):
     """How deformation varies across the scan."""
 
     kind: Literal["polycrystal", "smooth", "random"] = Field(
-        "polycrystal", description="polycrystal: Voronoi grains; smooth: slowly varying field; random: independent draws."
+        "polycrystal",
+        description="polycrystal: Voronoi grains; smooth: slowly varying field; random: independent draws.",
     )
     strain_max: float = Field(0.02, ge=0, lt=0.5, description="Largest |strain| component (fraction) drawn or imposed.")
     rotation_max_deg: float = Field(3.0, ge=0, description="Largest in-grain/field/random rotation, degrees.")
     n_grains: int = Field(6, ge=1, description="polycrystal: number of Voronoi grains.")
-    grain_rotation_deg: float = Field(20.0, ge=0, description="polycrystal: grain orientations drawn in +- this, degrees.")
-    strain_states: int = Field(4, ge=1, description="polycrystal: number of discrete strain states shared among grains.")
-    boundary_px: float = Field(0.7, ge=0, description="polycrystal: Gaussian smoothing of grain boundaries, scan pixels (0 = sharp).")
+    grain_rotation_deg: float = Field(
+        20.0, ge=0, description="polycrystal: grain orientations drawn in +- this, degrees."
+    )
+    strain_states: int = Field(
+        4, ge=1, description="polycrystal: number of discrete strain states shared among grains."
+    )
+    boundary_px: float = Field(
+        0.7, ge=0, description="polycrystal: Gaussian smoothing of grain boundaries, scan pixels (0 = sharp)."
+    )
     field: Literal["gradient", "bump", "sinusoid"] = Field("bump", description="smooth: shape of the strain field.")
 
 
@@ -56,12 +76,20 @@ class NoiseConfig(Section):
     model: Literal["none", "background", "dose"] = Field(
         "none", description="background: Lorentzian background weight w + Poisson; dose: Poisson at a dose."
     )
-    w: float = Field(0.0, ge=0, le=1, description="background: weight of the Lorentzian background, I = (1-w) DP + w B.")
+    w: float = Field(
+        0.0, ge=0, le=1, description="background: weight of the Lorentzian background, I = (1-w) DP + w B."
+    )
     counts_per_probe: float = Field(1e5, gt=0, description="background: electrons per pattern for the Poisson draw.")
-    background_hwhm_px: float = Field(2.0, gt=0, description="background: half width at half maximum of the Lorentzian, pixels.")
+    background_hwhm_px: float = Field(
+        2.0, gt=0, description="background: half width at half maximum of the Lorentzian, pixels."
+    )
     dose: float = Field(1e4, gt=0, description="dose: electrons per pattern.")
-    read_noise: float = Field(0.0, ge=0, description="Gaussian detector read noise, standard deviation in counts (after Poisson).")
-    hot_pixels: float = Field(0.0, ge=0, lt=1, description="Fraction of detector pixels that are hot (fixed positions, saturated).")
+    read_noise: float = Field(
+        0.0, ge=0, description="Gaussian detector read noise, standard deviation in counts (after Poisson)."
+    )
+    hot_pixels: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of detector pixels that are hot (fixed positions, saturated)."
+    )
 
 
 class SimulateConfig(Section):
@@ -90,12 +118,17 @@ class PreprocessConfig(Section):
 
     size: int = Field(64, ge=8, description="Model input size H = W after crop and bin.")
     crop: tuple[int, int, int, int] | None = Field(
-        None, description="Explicit crop (x0, x1, y0, y1) in detector pixels; None = centred crop to a multiple of size."
+        None,
+        description="Explicit crop (x0, x1, y0, y1) in detector pixels; None = centred crop to a multiple of size.",
     )
     bin: int | None = Field(None, ge=1, description="Binning factor; None = whatever brings the crop to size.")
     scale: Literal["linear", "sqrt", "log"] = Field("linear", description="Intensity scaling applied after binning.")
-    normalize: Literal["mean", "max", "none"] = Field("mean", description="Per-pattern normalisation: mean -> 1, max -> 1, or none.")
-    log_offset: float = Field(1e-3, gt=0, description="log scaling: log(x / mean + offset) - log(offset), keeps zero at zero.")
+    normalize: Literal["mean", "max", "none"] = Field(
+        "mean", description="Per-pattern normalisation: mean -> 1, max -> 1, or none."
+    )
+    log_offset: float = Field(
+        1e-3, gt=0, description="log scaling: log(x / mean + offset) - log(offset), keeps zero at zero."
+    )
 
     @model_validator(mode="after")
     def _crop_order(self) -> PreprocessConfig:
@@ -106,6 +139,87 @@ class PreprocessConfig(Section):
         return self
 
 
+class EncoderConfig(Section):
+    """The FPGA-shaped encoder: blocks of Conv3x3-BN-ReLU-MaxPool2, then Linear-ReLU-Linear."""
+
+    channels: list[int] = Field([8, 16, 32, 32], min_length=1, description="Output channels of each conv block.")
+    kernel: int = Field(3, ge=1, description="Conv kernel size (odd; 'same' padding).")
+    batchnorm: bool = Field(True, description="BatchNorm after each conv (folded before quantized export).")
+    hidden: int = Field(32, ge=1, description="Width of the hidden Linear layer (0 = none).")
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("kernel must be odd")
+        return v
+
+
+class HeadConfig(Section):
+    """Host-side bounded head: sx = 1 + a tanh(o), sy = 1 + a tanh(o), sh = b tanh(o), rot = c tanh(o)."""
+
+    scale_gain: float = Field(0.05, gt=0, lt=1, description="a: largest |sx - 1|, |sy - 1|.")
+    shear_gain: float = Field(0.1, gt=0, lt=1, description="b: largest |sh|.")
+    rotation_gain_deg: float | None = Field(
+        None, gt=0, description="c: largest |rot| in degrees; None = half the lattice's symmetry angle."
+    )
+
+
+class ModelConfig(Section):
+    """The CC-ST-AE: encoder (on the FPGA), bounded head, dictionary and spatial transformer (host)."""
+
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    symmetry: Literal["auto", "hex", "square", "none"] = Field(
+        "auto",
+        description="Lattice symmetry for rotation wrapping; auto = from the data file's attributes, else none.",
+    )
+    dictionaries: int = Field(1, ge=1, description="K canonical patterns (K > 1: multi-phase data).")
+    interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", description="Spatial-transformer interpolation.")
+
+
+class LossConfig(Section):
+    """Cycle-consistent loss: masked forward + backward terms, penalties, dictionary L1."""
+
+    forward_weight: float = Field(
+        1.0, ge=0, description="Weight of the forward term |warp(x, A) - D|^2 on the disk mask."
+    )
+    backward_weight: float = Field(
+        1.0, ge=0, description="Weight of the backward term |warp(D, A^-1) - x|^2 on the mask."
+    )
+    backward: Literal["mse", "poisson"] = Field(
+        "mse", description="Backward term: masked MSE or Poisson negative log-likelihood."
+    )
+    penalty_weight: float = Field(
+        100.0, ge=0, description="Weight of the penalty on |s - 1| and |sh| beyond their free range."
+    )
+    scale_free: float = Field(0.03, ge=0, description="|sx - 1|, |sy - 1| up to this are free of penalty.")
+    shear_free: float = Field(0.03, ge=0, description="|sh| up to this is free of penalty.")
+    l1_weight: float = Field(1e-6, ge=0, description="L1 weight on the dictionary (mean absolute value).")
+    mask_margin_px: float = Field(1.5, ge=0, description="Dilation of the automatic disk mask, pixels.")
+
+
+class AugmentConfig(Section):
+    """Noise added on the fly to clean training patterns; a level is drawn per batch."""
+
+    model: Literal["none", "background", "dose"] = Field("none", description="Noise model of the augmentation.")
+    levels: list[float] = Field([0.0], min_length=1, description="background: w values; dose: electrons per pattern.")
+    counts_per_probe: float = Field(1e5, gt=0, description="background: electrons per pattern of the Poisson draw.")
+
+
+class TrainConfig(Section):
+    """The one training loop (float, QAT and fine-tuning after pruning)."""
+
+    epochs: int = Field(30, ge=1, description="Passes over the training patterns.")
+    batch_size: int = Field(64, ge=1, description="Patterns per optimisation step.")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate (1e-3 collapsed at w = 0.5 in the prototype).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 regularisation of the encoder weights (AdamW-style decay).")
+    l1_weight: float = Field(0.0, ge=0, description="L1 regularisation of the encoder weights (sum |w|, scaled).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of patterns held out for the validation loss.")
+    threads: int | None = Field(None, ge=1, description="torch threads; None = the CPU cores available.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
 class Config(Section):
     """The whole edgestem configuration. Sections are added as pipeline stages land."""
 
@@ -113,6 +227,9 @@ class Config(Section):
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _format_error(exc: ValidationError, source: str) -> str:
@@ -181,3 +298,61 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
     from edgestem.atomic import write_text
 
     return write_text(path, dump_config(cfg))
+
+
+def _type_name(ann: Any) -> str:
+    """Readable type for the reference: Literal -> its choices, tuples -> [a, b], X | None."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin is tuple:
+        return "`[" + ", ".join(getattr(a, "__name__", str(a)) for a in args) + "]`"
+    if origin in (typing.Union, types.UnionType):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " \\| ".join(parts) + (" \\| `null`" if type(None) in args else "")
+    return f"`{getattr(ann, '__name__', str(ann))}`"
+
+
+def reference_markdown() -> str:
+    """Markdown table of every config key, type, default and description (docs/config.md is this)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `edgestem/config.py` by `edgestem config --markdown`; a test keeps it current.",
+        "YAML sections below; unknown keys are errors. CLI options override the file.",
+        "",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows, subs = [], []
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                subs.append((ann, f"{prefix}{name}."))
+                continue
+            default = f.get_default(call_default_factory=True)
+            default = list(default) if isinstance(default, tuple) else default
+            desc = (f.description or "").replace("|", "\\|")
+            rows.append(f"| `{prefix}{name}` | {_type_name(ann)} | `{default!r}` | {desc} |")
+        if rows:
+            title = prefix.rstrip(".") or "(top level)"
+            lines.extend(
+                [
+                    f"## `{title}`",
+                    "",
+                    (model.__doc__ or "").strip().splitlines()[0],
+                    "",
+                    "| key | type | default | meaning |",
+                    "|---|---|---|---|",
+                    *rows,
+                    "",
+                ]
+            )
+        for sub, p in subs:
+            walk(sub, p)
+
+    walk(Config, "")
+    return "\n".join(lines)

@@ -18,9 +18,18 @@ Conventions (stated once, tested by round trips in ``tests/test_strain.py``):
 * Warping a pattern ``x`` by ``A`` means sampling it at ``A k``; that takes the deformed pattern
   back to the undeformed one. ``torch.nn.functional.affine_grid`` indexes the LAST axis as its x,
   so its theta is ``P A P`` with ``P = [[0, 1], [1, 0]]`` (:func:`to_grid_sample`).
-* From predictions: ``M = inv(A) = F^T``; ``T = M @ inv(M_ref)`` with ``M_ref`` the element-wise
-  median over a reference region; the left polar decomposition ``T = P U`` gives ``eps = P - I``
-  and ``theta = -angle(U)``.
+* From predictions: ``M = inv(A) = F^T``; ``T = inv(M_ref) @ M`` with ``M_ref`` the median over a
+  reference region (the fixed point of ``median(inv(M_ref) @ M) = I``, :func:`reference_matrix`);
+  the left polar decomposition ``T = P U`` gives ``eps = P - I`` and ``theta = -angle(U)``.
+  ``T`` is the transpose of the relative deformation
+  ``F @ inv(F_ref)`` from the reference lattice to the lattice at each position, so the strain is
+  expressed in the detector's (x, y) frame relative to the reference lattice, as in py4DSTEM.
+  Ordering the product this way (SCIENCE.md writes ``M @ inv(M_ref)``; the two agree when the
+  reference is undeformed) makes the maps independent of the learned dictionary: a dictionary
+  that is the true lattice distorted by any ``C`` gives ``A = A_true @ C``, hence
+  ``M = inv(C) @ M_true``, and ``C`` cancels in ``inv(M_ref) @ M`` (with ``M @ inv(M_ref)`` it
+  would conjugate the strain tensor, mixing components at first order in the dictionary's
+  rotation). Tested in ``test_maps_do_not_depend_on_the_dictionary_frame``.
 * A lattice with n-fold symmetry cannot tell ``A`` from ``A @ R(360/n)``. Rotations are therefore
   wrapped into ``(-180/n, 180/n]`` relative to the reference, in the matrix algebra (no per-dataset
   angle offsets).
@@ -46,6 +55,7 @@ __all__ = [
     "wrap_angle",
     "symmetry_period",
     "reference_mask",
+    "reference_matrix",
     "to_grid_sample",
 ]
 
@@ -200,9 +210,11 @@ def strain_from_affine(
     """Strain maps from predicted affine maps ``A`` of shape ``(Rx, Ry, 2, 2)`` (or ``(N, 2, 2)``).
 
     ``M = inv(A) = F^T`` per position; rotations are brought onto the symmetry branch nearest the
-    reference orientation; ``M_ref`` is the element-wise median of ``M`` over the reference region;
-    the left polar decomposition of ``M @ inv(M_ref)`` gives ``exx, eyy, exy`` and ``theta`` relative
-    to the reference. ``symmetry``: ``"hex"``, ``"square"``, an integer fold, or None (no wrap).
+    reference orientation; ``M_ref`` is the median of ``M`` over the reference region
+    (:func:`reference_matrix`);
+    the left polar decomposition of ``inv(M_ref) @ M`` gives ``exx, eyy, exy`` and ``theta`` relative
+    to the reference lattice, in the detector frame (see the module docstring for why this order).
+    ``symmetry``: ``"hex"``, ``"square"``, an integer fold, or None (no wrap).
     """
     A = np.asarray(A, dtype=float)
     if A.shape[-2:] != (2, 2) or A.ndim < 3:
@@ -218,17 +230,34 @@ def strain_from_affine(
         k = np.round((theta - theta_ref) / period)
         # R(k p) @ M describes the same pattern with rotation theta - k p.
         M = rotation_matrix(k * period) @ M
-    M_ref = np.median(M[mask], axis=0)
-    T = M @ np.linalg.inv(M_ref)
+    M_ref = reference_matrix(M[mask])
+    T = np.linalg.inv(M_ref) @ M
     P, U = polar_left(T)
     eps = P - np.eye(2)
     return {
         "exx": eps[..., 0, 0],
         "eyy": eps[..., 1, 1],
         "exy": eps[..., 0, 1],
-        "theta": wrap_angle(-np.rad2deg(_polar_angle(U)), symmetry) if period < 360.0 else
-        -np.rad2deg(_polar_angle(U)),
+        "theta": wrap_angle(-np.rad2deg(_polar_angle(U)), symmetry) if period < 360.0 else -np.rad2deg(_polar_angle(U)),
     }
+
+
+def reference_matrix(M: np.ndarray, tol: float = 1e-13, max_iter: int = 50) -> np.ndarray:
+    """The reference ``M_ref`` of a set of ``M`` (n, 2, 2): the fixed point of
+    ``median(inv(M_ref) @ M) = I`` (element-wise median).
+
+    Starts from the element-wise median and iterates ``M_ref <- M_ref @ median(inv(M_ref) @ M)``.
+    Unlike the plain element-wise median this is equivariant (``inv(C) @ M`` gives
+    ``inv(C) @ M_ref`` exactly), so a learned dictionary's frame cannot leak into the maps; after
+    referencing, the reference region's median relative deformation is exactly the identity.
+    """
+    M_ref = np.median(M, axis=0)
+    for _ in range(max_iter):
+        step = np.median(np.linalg.inv(M_ref) @ M, axis=0)
+        M_ref = M_ref @ step
+        if np.abs(step - np.eye(2)).max() < tol:
+            break
+    return M_ref
 
 
 def _flat_mask(shape: tuple[int, ...], reference: str | np.ndarray | None) -> np.ndarray:

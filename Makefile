@@ -1,0 +1,17 @@
+# The two set-up commands of README.md. Each creates .venv from nothing when needed.
+.PHONY: demo test test-slow lint clean
+
+demo:          ## simulate -> info -> plots on built-in simulated data (runs/demo/)
+	scripts/demo.sh
+
+test:          ## install and run the fast test suite
+	scripts/test.sh
+
+test-slow:     ## the slow tests too
+	scripts/test.sh -m "slow or not slow"
+
+lint:
+	.venv/bin/ruff check edgestem tests benchmarks && .venv/bin/ruff format --check edgestem tests benchmarks
+
+clean:
+	rm -rf .venv runs .pytest_cache

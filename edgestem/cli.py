@@ -1,0 +1,243 @@
+"""The ``edgestem`` command line: one thin command per stage, no logic of its own.
+
+Importing this module must stay cheap: torch, brevitas, qonnx, hls4ml, h5py and matplotlib load only
+inside the command that needs them (tested in tests/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from edgestem import __version__
+from edgestem.errors import EdgestemError
+
+app = typer.Typer(
+    name="edgestem",
+    help="4D-STEM strain mapping with a CC-ST-AE: simulate, train, quantize, export to FPGA firmware, emulate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/); CLI options override it.")
+DatasetOpt = typer.Option(None, "--dataset", help="Array inside the file (HDF5 path, .npz key, .mat variable).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def _user_errors(fn: F) -> F:
+    """Print user errors (bad data, config, missing tools) as one line on stderr and exit non-zero."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgestemError as exc:
+            typer.echo(f"edgestem {fn.__name__}: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo(f"edgestem {fn.__name__}: interrupted; no partial output was kept", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgestem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """4D-STEM strain mapping from a CC-ST-AE to bit-accurate FPGA firmware."""
+
+
+def _noise_overrides(noise_w: float | None, dose: float | None, read_noise: float | None = None) -> dict[str, Any]:
+    if noise_w is not None and dose is not None:
+        raise EdgestemError("give either --noise-w or --dose, not both")
+    out: dict[str, Any] = {"noise.read_noise": read_noise}
+    if noise_w is not None:
+        out.update({"noise.model": "background", "noise.w": noise_w})
+    if dose is not None:
+        out.update({"noise.model": "dose", "noise.dose": dose})
+    return out
+
+
+def _sidecar(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+@app.command()
+@_user_errors
+def simulate(
+    out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file (edgestem layout, with labels)."),
+    config: Path | None = ConfigOpt,
+    scan: int | None = typer.Option(None, help="Scan size N (N x N probe positions). [default: 32]"),
+    size: int | None = typer.Option(None, help="Pattern size Q (Q x Q pixels). [default: 64]"),
+    lattice: str | None = typer.Option(None, help="Lattice symmetry: hex or square. [default: hex]"),
+    specimen: str | None = typer.Option(None, help="polycrystal, smooth or random. [default: polycrystal]"),
+    noise_w: float | None = typer.Option(None, "--noise-w", help="Background-noise weight w (then Poisson at 1e5)."),
+    dose: float | None = typer.Option(None, "--dose", help="Poisson noise at this many electrons per pattern."),
+    seed: int | None = typer.Option(None, help="Seed of every random draw. [default: 0]"),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Simulate a 4D-STEM scan with known strain and rotation labels (kinematic diffraction)."""
+    from edgestem.atomic import write_json
+    from edgestem.config import load_config
+    from edgestem.data.simulate import simulate_to_file
+    from edgestem.progress import progress_bar
+    from edgestem.runinfo import stage_report
+
+    t0 = time.perf_counter()
+    cfg = load_config(
+        config,
+        {
+            "simulate.scan": scan,
+            "simulate.size": size,
+            "simulate.lattice.kind": lattice,
+            "simulate.specimen.kind": specimen,
+            "seed": seed,
+            **_noise_overrides(noise_w, dose),
+        },
+    )
+    n_rows = cfg.simulate.scan[0]
+    with progress_bar("simulating", n_rows, enabled=not quiet) as advance:
+        simulate_to_file(cfg, out, progress=advance)
+    write_json(_sidecar(out), stage_report("simulate", outputs={"data": out}, config=cfg, started=t0))
+    rx, ry = cfg.simulate.scan
+    typer.echo(
+        f"wrote {out}: {rx}x{ry} patterns of {cfg.simulate.size}x{cfg.simulate.size} px, "
+        f"{cfg.simulate.lattice.kind} {cfg.simulate.specimen.kind}, noise {cfg.noise.model}"
+    )
+
+
+@app.command()
+@_user_errors
+def noise(
+    data: Path = typer.Option(..., "--data", "-d", help="Input data file (any readable format)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file; labels and attributes are kept."),
+    noise_w: float | None = typer.Option(None, "--noise-w", help="Background-noise weight w (then Poisson)."),
+    dose: float | None = typer.Option(None, "--dose", help="Poisson noise at this many electrons per pattern."),
+    read_noise: float | None = typer.Option(None, "--read-noise", help="Gaussian read noise, std in counts."),
+    seed: int | None = typer.Option(None, help="Seed of the noise draw. [default: config seed]"),
+    config: Path | None = ConfigOpt,
+    dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Add seeded noise (background weight w or dose-limited Poisson) to an existing file."""
+    from edgestem.atomic import write_json
+    from edgestem.config import load_config
+    from edgestem.data.noise import add_noise_to_file, describe
+    from edgestem.progress import progress_bar
+    from edgestem.runinfo import stage_report
+
+    t0 = time.perf_counter()
+    cfg = load_config(config, {"seed": seed, **_noise_overrides(noise_w, dose, read_noise)})
+    if cfg.noise.model == "none" and not cfg.noise.read_noise and not cfg.noise.hot_pixels:
+        raise EdgestemError("no noise requested: give --noise-w W or --dose D (or a config with a noise section)")
+    from edgestem.data.io import open_4dstem
+
+    with open_4dstem(data, dataset) as ds:
+        rows = ds.shape[0]
+    with progress_bar("adding noise", rows, enabled=not quiet) as advance:
+        add_noise_to_file(data, out, cfg.noise, cfg.seed, progress=advance, dataset=dataset)
+    write_json(
+        _sidecar(out),
+        stage_report("noise", inputs={"data": data}, outputs={"data": out}, config=cfg, started=t0),
+    )
+    typer.echo(f"wrote {out}: {describe(cfg.noise)}, seed {cfg.seed}")
+
+
+@app.command()
+@_user_errors
+def info(
+    file: Path = typer.Argument(..., help="Data file to describe."),
+    dataset: str | None = DatasetOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Print shape, dtype, value range, labels and attributes of a data file (one streaming pass)."""
+    import json
+
+    from edgestem.data.io import open_4dstem
+    from edgestem.data.summary import summarize
+    from edgestem.progress import progress_bar
+
+    with open_4dstem(file, dataset) as ds:
+        with progress_bar("reading", ds.shape[0], enabled=not quiet) as advance:
+            s = summarize(ds, progress=advance)
+        source = ds.source
+    d = s.as_dict()
+    if json_out:
+        from edgestem.atomic import _jsonable
+
+        typer.echo(json.dumps(_jsonable({"file": str(file), "dataset": source, **d}), indent=2))
+        return
+    rx, ry, qx, qy = s.shape
+    lines = [
+        f"file        {file}" + (f"  [{source}]" if source else ""),
+        f"shape       (Rx, Ry, Qx, Qy) = ({rx}, {ry}, {qx}, {qy}): {rx * ry} patterns of {qx}x{qy} px",
+        f"dtype       {s.dtype}",
+        f"values      min {s.vmin:.4g}, max {s.vmax:.4g}, mean {s.mean:.4g}",
+        f"per pattern total min {s.total_min:.4g}, mean {s.total_mean:.4g}, max {s.total_max:.4g}",
+    ]
+    if s.labels:
+        lines.append("labels      " + ", ".join(f"{k} [{v['min']:.4g}, {v['max']:.4g}]" for k, v in s.labels.items()))
+    else:
+        lines.append("labels      none")
+    for k, v in s.attrs.items():
+        text = str(v).replace("\n", " ")
+        lines.append(f"attr        {k} = {text[:100]}{'...' if len(text) > 100 else ''}")
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+@_user_errors
+def plot(
+    file: Path = typer.Argument(..., help="Data file to plot."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the PNG figures."),
+    dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Plot the mean pattern, a few patterns and the label maps of a data file."""
+    from edgestem.report import plot_dataset
+
+    written = plot_dataset(file, out, dataset=dataset, progress=not quiet)
+    for p in written:
+        typer.echo(f"wrote {p}")
+
+
+@app.command("config")
+@_user_errors
+def show_config(
+    config: Path | None = typer.Argument(None, help="YAML config; omitted: the defaults."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the reference of every key (docs/config.md)."),
+) -> None:
+    """Validate a config and print it resolved, every default filled in (or print the defaults)."""
+    from edgestem.config import dump_config, load_config, reference_markdown
+
+    if markdown:
+        typer.echo(reference_markdown())
+        return
+    typer.echo(dump_config(load_config(config)), nl=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Figures and human-readable reports (matplotlib, imported lazily, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgestem.atomic import atomic_path
+
+# Display names, units and scale factors of the strain maps (labels are stored as fractions/degrees).
+MAP_STYLE = {
+    "exx": ("$\\epsilon_{xx}$", "%", 100.0),
+    "eyy": ("$\\epsilon_{yy}$", "%", 100.0),
+    "exy": ("$\\epsilon_{xy}$", "%", 100.0),
+    "theta": ("$\\theta$", "deg", 1.0),
+}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save a figure atomically as PNG and close it."""
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_patterns(mean_pattern: np.ndarray, patterns: dict[str, np.ndarray], path: Path) -> Path:
+    """The mean pattern and a few single patterns, log-scaled, in one row.
+
+    Axes follow the data: Qx (axis 0) runs down the image, Qy (axis 1) to the right.
+    """
+    plt = _pyplot()
+    items = [("mean pattern", mean_pattern), *patterns.items()]
+    fig, axes = plt.subplots(1, len(items), figsize=(3.0 * len(items), 3.2), squeeze=False)
+    for ax, (title, img) in zip(axes[0], items, strict=True):
+        img = np.asarray(img, dtype=np.float64)
+        floor = max(img.max() * 1e-4, np.finfo(float).tiny)
+        ax.imshow(np.log10(np.maximum(img, floor)), cmap="inferno", interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("Qy (px)", fontsize=8)
+        ax.set_ylabel("Qx (px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("log10 intensity", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_maps(maps: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
+    """Strain and rotation maps side by side, diverging colour maps symmetric about zero."""
+    plt = _pyplot()
+    keys = [k for k in MAP_STYLE if k in maps]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        name, unit, factor = MAP_STYLE[key]
+        m = np.asarray(maps[key], dtype=np.float64) * factor
+        lim = float(np.nanmax(np.abs(m))) or 1.0
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(f"{name} ({unit})", fontsize=9)
+        ax.set_xlabel("Ry", fontsize=8)
+        ax.set_ylabel("Rx", fontsize=8)
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_dataset(
+    file: str | Path, out_dir: str | Path, dataset: str | None = None, progress: bool = True
+) -> list[Path]:
+    """Figures of a data file: ``patterns.png`` (mean + four patterns), ``labels.png`` when labelled.
+
+    Also writes ``plot.json`` (stage report with the data summary).
+    """
+    import time
+
+    from edgestem.atomic import write_json
+    from edgestem.data.io import open_4dstem
+    from edgestem.data.summary import summarize
+    from edgestem.progress import progress_bar
+    from edgestem.runinfo import stage_report
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    written: list[Path] = []
+    with open_4dstem(file, dataset) as ds:
+        with progress_bar("reading", ds.shape[0], enabled=progress) as advance:
+            summary = summarize(ds, progress=advance)
+        rx, ry = ds.scan_shape
+        picks = {(0, 0), (rx // 2, ry // 2), (rx - 1, ry - 1), (rx // 4, 3 * ry // 4)}
+        patterns = {f"({i}, {j})": ds.pattern(i, j) for i, j in sorted(picks)}
+        written.append(plot_patterns(summary.mean_pattern, patterns, out / "patterns.png"))
+        if ds.labels:
+            written.append(plot_maps(ds.labels, out / "labels.png", title=f"labels of {Path(file).name}"))
+    written.append(
+        write_json(
+            out / "plot.json",
+            stage_report(
+                "plot",
+                inputs={"data": file},
+                outputs={"figures": [str(p) for p in written]},
+                metrics=summary.as_dict(),
+                started=t0,
+            ),
+        )
+    )
+    return written
