@@ -219,6 +219,86 @@ def plot(
         typer.echo(f"wrote {p}")
 
 
+@app.command()
+@_user_errors
+def train(
+    data: Path = typer.Option(..., "--data", "-d", help="Training data file (any readable format)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (config.yaml, checkpoint.pt, train.json)."),
+    config: Path | None = ConfigOpt,
+    epochs: int | None = typer.Option(None, help="Training epochs. [default: config train.epochs]"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
+    seed: int | None = typer.Option(None, help="Seed of every random draw. [default: config seed]"),
+    dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train the float CC-ST-AE without labels (cycle-consistent loss); checkpoints every epoch."""
+    from edgestem.config import load_config
+    from edgestem.train import train as train_run
+
+    overrides = {"train.epochs": epochs, "seed": seed}
+    # Resuming without --config continues with the run's own resolved config.
+    saved = out / "config.yaml"
+    cfg = load_config(saved if resume and config is None and saved.is_file() else config, overrides)
+    report = _with_bar(
+        "training", quiet, lambda cb: train_run(cfg, data, out, resume=resume, dataset=dataset, progress=cb)
+    )
+    last = report["history"][-1]
+    val = f", validation loss {last['val_total']:.4g}" if "val_total" in last else ""
+    typer.echo(
+        f"trained {out}: {report['epochs']} epochs in {report['seconds']:.0f} s, "
+        f"train loss {last['train_total']:.4g}{val}; encoder {report['encoder']['parameters']} parameters"
+    )
+
+
+@app.command()
+@_user_errors
+def strain(
+    run: Path = typer.Option(..., "--run", "-r", help="Trained run directory."),
+    data: Path = typer.Option(..., "--data", "-d", help="Data file to map."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output maps file (HDF5); also <out>.json and .png."),
+    ref: str | None = typer.Option(
+        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+    ),
+    refine: bool = typer.Option(False, "--refine", help="Per-pattern maximum-likelihood refinement after the encoder."),
+    dataset: str | None = DatasetOpt,
+) -> None:
+    """Strain, shear and rotation maps of a data file from a trained run (metrics when labelled)."""
+    from edgestem.evaluate import strain_from_run
+
+    res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset)
+    speed = ", ".join(f"{k} {v:.0f} patterns/s" for k, v in res["patterns_per_second"].items())
+    typer.echo(f"wrote {out}: {res['patterns']} patterns ({speed})")
+    for name, mae in res.get("mae", {}).items():
+        typer.echo(
+            f"  {name:8s} MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "
+            f"theta {mae['theta']:.3f} deg"
+        )
+
+
+def _with_bar(description: str, quiet: bool, fn: Callable[[Any], Any]) -> Any:
+    """Run ``fn(callback)`` with a progress bar fed by ``callback(stage, done, total, loss)``."""
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        return fn(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None, loss=float("nan"))
+
+        def cb(stage: str, done: int, total: int, loss: float) -> None:
+            bar.update(task, completed=done, total=total, loss=loss)
+
+        return fn(cb)
+
+
 @app.command("config")
 @_user_errors
 def show_config(

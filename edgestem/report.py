@@ -60,7 +60,7 @@ def plot_maps(maps: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
     """Strain and rotation maps side by side, diverging colour maps symmetric about zero."""
     plt = _pyplot()
     keys = [k for k in MAP_STYLE if k in maps]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3.0), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys, strict=True):
         name, unit, factor = MAP_STYLE[key]
         m = np.asarray(maps[key], dtype=np.float64) * factor
@@ -116,3 +116,23 @@ def plot_dataset(
         )
     )
     return written
+
+
+def plot_comparison(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
+    """Predicted maps, labels and their difference: one column per component, shared colour scales."""
+    plt = _pyplot()
+    keys = [k for k in MAP_STYLE if k in pred and k in truth]
+    fig, axes = plt.subplots(3, len(keys), figsize=(3.4 * len(keys), 8.4), squeeze=False, layout="constrained")
+    for j, key in enumerate(keys):
+        name, unit, factor = MAP_STYLE[key]
+        p = (pred[key] - np.mean(pred[key])) * factor
+        t = (truth[key] - np.mean(truth[key])) * factor
+        lim = float(np.nanmax(np.abs(t))) or 1.0
+        for i, (img, label, lm) in enumerate(((p, "prediction", lim), (t, "label", lim), (p - t, "error", lim / 5))):
+            im = axes[i][j].imshow(img, cmap="RdBu_r", vmin=-lm, vmax=lm, interpolation="nearest")
+            axes[i][j].set_title(f"{name} {label} ({unit})", fontsize=9)
+            axes[i][j].tick_params(labelsize=7)
+            fig.colorbar(im, ax=axes[i][j], fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title + " (each map minus its mean)", fontsize=10)
+    return save_figure(fig, path)

@@ -15,7 +15,7 @@ from edgestem.cli import app
 from edgestem.data.io import write_4dstem
 
 runner = CliRunner()
-COMMANDS = ["simulate", "noise", "info", "plot", "config"]
+COMMANDS = ["simulate", "noise", "info", "plot", "config", "train", "strain"]
 
 
 def run(*args):
@@ -164,3 +164,23 @@ def test_console_script_exit_code(tmp_path):
     exe = [sys.executable, "-c", "from edgestem.cli import main; main()"]
     r = subprocess.run([*exe, "info", str(tmp_path / "none.h5")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_train_resume_and_strain(tmp_path, tiny_h5):
+    c = tmp_path / "tiny.yaml"
+    c.write_text("seed: 1\nmodel:\n  encoder: {channels: [4, 8, 8], hidden: 8}\ntrain: {batch_size: 16, epochs: 1}\n")
+    rundir = tmp_path / "run"
+    r = run("train", "--data", tiny_h5, "--out", rundir, "--config", c, "-q")
+    assert r.exit_code == 0, r.output
+    assert "trained" in r.output and (rundir / "checkpoint.pt").is_file()
+    r = run("train", "--data", tiny_h5, "--out", rundir, "--epochs", 2, "--resume", "-q")
+    assert r.exit_code == 0, r.output
+    assert json.loads((rundir / "train.json").read_text())["epochs"] == 2
+    r = run("train", "--data", tiny_h5, "--out", rundir, "-q")
+    _one_line_error(r, "--resume")
+    r = run("strain", "--run", rundir, "--data", tiny_h5, "--out", tmp_path / "maps.h5")
+    assert r.exit_code == 0, r.output
+    assert "MAE exx" in r.output and (tmp_path / "maps.png").is_file()
+    _one_line_error(
+        run("strain", "--run", tmp_path / "nope", "--data", tiny_h5, "--out", tmp_path / "m.h5"), "checkpoint"
+    )

@@ -1,0 +1,374 @@
+"""The ONE training loop: float CC-ST-AE, quantization-aware training and fine-tuning after pruning.
+
+A run directory holds ``config.yaml`` (resolved), ``checkpoint.pt`` (written atomically every
+epoch) and ``train.json`` (losses per epoch, time, versions, machine). ``resume=True`` continues an
+interrupted run to the same final weights as an uninterrupted one: every random draw (split,
+shuffling, noise augmentation) is derived from ``(seed, epoch, batch)``, not from a running stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgestem import __version__
+from edgestem.config import Config, NoiseConfig, dump_config, load_config, save_config
+from edgestem.data.io import open_4dstem
+from edgestem.data.noise import apply_noise
+from edgestem.data.preprocess import preprocess
+from edgestem.errors import DataError, EdgestemError
+from edgestem.model.ccstae import CCSTAE, disk_mask
+from edgestem.model.encoder import LayerFactory, count_macs, count_parameters
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+_SPLIT, _SHUFFLE, _AUGMENT = 11, 12, 13  # random streams derived from the config seed
+
+
+class TrainingError(EdgestemError):
+    """Training failed in a way the user must act on (NaN loss, collapsed encoder)."""
+
+
+@dataclass
+class TrainingData:
+    """Raw patterns (for noise augmentation), model inputs, labels and provenance of a data file."""
+
+    raw: np.ndarray  # (N, Qx, Qy) float32, as read
+    x: np.ndarray  # (N, 1, H, W) float32, pre-processed
+    scan_shape: tuple[int, int]
+    labels: dict[str, np.ndarray]
+    symmetry: str | None
+    fingerprint: str
+    path: Path
+
+
+def symmetry_of(attrs: dict[str, Any], cfg: Config) -> str | None:
+    """Lattice symmetry: the config's, or (``auto``) the data file's simulator attributes, else None."""
+    if cfg.model.symmetry != "auto":
+        return None if cfg.model.symmetry == "none" else cfg.model.symmetry
+    lat = attrs.get("lattice")
+    if isinstance(lat, str):
+        try:
+            lat = json.loads(lat)
+        except json.JSONDecodeError:
+            lat = None
+    if isinstance(lat, dict):
+        return {6: "hex", 4: "square"}.get(lat.get("symmetry")) or (
+            lat.get("kind") if lat.get("kind") in ("hex", "square") else None
+        )
+    return None
+
+
+def load_data(path: str | Path, cfg: Config, dataset: str | None = None) -> TrainingData:
+    """Read every pattern of a file, validate it, and pre-process it with the one function."""
+    path = Path(path)
+    with open_4dstem(path, dataset) as ds:
+        blocks = [block for _, block in ds.iter_rows()]
+        raw = np.concatenate(blocks).reshape(-1, *ds.pattern_shape).astype(np.float32, copy=False)
+        h = hashlib.sha256()
+        h.update(np.asarray(ds.shape).tobytes())
+        h.update(raw[:: max(1, len(raw) // 16)].tobytes())
+        return TrainingData(
+            raw=raw,
+            x=preprocess(raw, cfg.preprocess)[:, None],
+            scan_shape=ds.scan_shape,
+            labels=dict(ds.labels),
+            symmetry=symmetry_of(ds.attrs, cfg),
+            fingerprint=h.hexdigest()[:16],
+            path=path,
+        )
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *key])
+
+
+def split_indices(n: int, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split."""
+    perm = _rng(cfg.seed, _SPLIT).permutation(n)
+    n_val = int(round(n * cfg.train.val_fraction)) if n > 1 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def build_model(cfg: Config, data: TrainingData, train_idx: np.ndarray, layers: LayerFactory | None = None) -> CCSTAE:
+    """A CC-ST-AE whose dictionary starts from the training patterns' mean and whose mask is found there."""
+    mean = data.x[train_idx, 0].mean(axis=0)
+    mask = disk_mask(mean, margin_px=cfg.loss.mask_margin_px)
+    init = np.repeat(mean[None], cfg.model.dictionaries, axis=0)
+    if cfg.model.dictionaries > 1:
+        # Distinct starting points: means of a seeded partition of the training patterns.
+        parts = np.array_split(_rng(cfg.seed, 14).permutation(train_idx), cfg.model.dictionaries)
+        init = np.stack([data.x[p, 0].mean(axis=0) for p in parts])
+    torch.manual_seed(cfg.seed)
+    return CCSTAE(cfg.model, cfg.preprocess.size, data.symmetry, init, mask, layers)
+
+
+def _augment(raw: np.ndarray, cfg: Config, rng: np.random.Generator) -> np.ndarray:
+    """Noise drawn on the fly at a level drawn for the batch, then the one pre-processing."""
+    aug = cfg.train.augment
+    level = float(aug.levels[rng.integers(len(aug.levels))])
+    if aug.model == "background":
+        noise = NoiseConfig(model="background", w=level, counts_per_probe=aug.counts_per_probe)
+    else:
+        noise = NoiseConfig(model="dose", dose=level)
+    return preprocess(apply_noise(raw, noise, rng), cfg.preprocess)[:, None]
+
+
+def _batches(model: CCSTAE, x: np.ndarray, batch: int) -> Any:
+    for i in range(0, len(x), batch):
+        yield torch.from_numpy(x[i : i + batch])
+
+
+def evaluate_loss(model: CCSTAE, x: np.ndarray, cfg: Config, batch: int = 256) -> dict[str, float]:
+    """Mean loss terms over patterns (eval mode, no gradient)."""
+    model.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for xb in _batches(model, x, batch):
+            terms = model.loss(xb, model(xb), cfg.loss)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
+    return {k: v / max(1, len(x)) for k, v in sums.items()}
+
+
+def raw_outputs(model: CCSTAE, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Encoder outputs (N, 4) in eval mode."""
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([model.encoder(xb).numpy() for xb in _batches(model, x, batch)])
+
+
+def check_collapse(model: CCSTAE, x: np.ndarray) -> None:
+    """Stop with a clear message if the encoder's outputs no longer depend on the input."""
+    if len(x) < 8:
+        return
+    o = raw_outputs(model, x[:512])
+    if not np.isfinite(o).all():
+        raise TrainingError("encoder outputs became NaN/infinite; lower train.lr and retrain")
+    std = o.std(axis=0)
+    saturated = (np.abs(np.tanh(o)) > 0.999).mean()
+    if std.max() < 1e-5:
+        raise TrainingError(
+            "encoder collapsed: its outputs are the same for every pattern (dying ReLUs); "
+            "lower train.lr (e.g. 1e-4) or change the seed, then retrain"
+        )
+    if saturated > 0.5:
+        raise TrainingError(
+            f"encoder saturated the bounded head ({saturated:.0%} of outputs at the tanh limits); "
+            "lower train.lr or raise model.head gains, then retrain"
+        )
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from edgestem.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(run: str | Path) -> dict[str, Any]:
+    """Read a run's checkpoint, checking it was written by a compatible edgestem."""
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise EdgestemError(f"{run}: no {CHECKPOINT}; train first (edgestem train --out {run})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise EdgestemError(f"{path}: unreadable checkpoint ({type(exc).__name__}); retrain the run") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise EdgestemError(
+            f"{path}: checkpoint format {state.get('format') if isinstance(state, dict) else '?'} from edgestem "
+            f"{state.get('version') if isinstance(state, dict) else '?'} is not readable by edgestem {__version__}; "
+            "retrain the run with this version"
+        )
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], layers: LayerFactory | None = None) -> tuple[CCSTAE, Config]:
+    """Rebuild the model (and its config) from a checkpoint."""
+    cfg = Config.model_validate(state["config"])
+    model = CCSTAE(
+        cfg.model,
+        cfg.preprocess.size,
+        state["symmetry"],
+        np.zeros((cfg.model.dictionaries, cfg.preprocess.size, cfg.preprocess.size), np.float32),
+        np.zeros((cfg.preprocess.size, cfg.preprocess.size), np.float32),
+        layers,
+    )
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg
+
+
+def train(
+    cfg: Config,
+    data_path: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    dataset: str | None = None,
+    progress: Callable[[str, int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train a CC-ST-AE on a data file into ``run_dir``; returns the ``train.json`` report.
+
+    Runs with ``torch.use_deterministic_algorithms(True)``: with several threads some CPU kernels
+    otherwise sum in a varying order, and the same config would not give the same weights (measured:
+    no speed cost on this model).
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(cfg, data_path, run_dir, resume=resume, dataset=dataset, progress=progress)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(
+    cfg: Config,
+    data_path: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool,
+    dataset: str | None,
+    progress: Callable[[str, int, int, float], None] | None,
+) -> dict[str, Any]:
+    from edgestem.atomic import write_json
+    from edgestem.runinfo import machine, versions
+
+    run = Path(run_dir)
+    ckpt_path = run / CHECKPOINT
+    state: dict[str, Any] | None = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise EdgestemError(f"{run}: nothing to resume (no {CHECKPOINT}); start without --resume")
+        state = load_checkpoint(run)
+        saved = Config.model_validate(state["config"])
+        if saved.model_dump(exclude={"train": {"epochs"}}) != cfg.model_dump(exclude={"train": {"epochs"}}):
+            cfg = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": cfg.train.epochs})})
+    elif ckpt_path.exists():
+        raise EdgestemError(f"{run} already holds a trained run; use --resume to continue it or choose another --out")
+
+    torch.set_num_threads(cfg.train.threads or max(1, torch.get_num_threads()))
+    data = load_data(data_path, cfg, dataset)
+    if state is not None and state["data"]["fingerprint"] != data.fingerprint:
+        raise DataError(f"{data_path} is not the data {run} was trained on; resume with the same --data")
+    train_idx, val_idx = split_indices(len(data.x), cfg)
+    if len(train_idx) < cfg.train.batch_size // 4 or len(train_idx) < 2:
+        raise DataError(f"{data_path}: only {len(train_idx)} training patterns; simulate or read more (>= 64)")
+    model = build_model(cfg, data, train_idx)
+    enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+    optim = torch.optim.Adam(
+        [
+            {"params": enc_params, "weight_decay": cfg.train.weight_decay},
+            {"params": [model.dictionary], "weight_decay": 0.0},
+        ],
+        lr=cfg.train.lr,
+    )
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+
+    n_batches = max(1, int(np.ceil(len(train_idx) / cfg.train.batch_size)))
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = train_idx[_rng(cfg.seed, _SHUFFLE, epoch).permutation(len(train_idx))]
+        sums: dict[str, float] = {}
+        for b in range(n_batches):
+            idx = np.sort(order[b * cfg.train.batch_size : (b + 1) * cfg.train.batch_size])
+            if cfg.train.augment.model != "none":
+                xb = torch.from_numpy(_augment(data.raw[idx], cfg, _rng(cfg.seed, _AUGMENT, epoch, b)))
+            else:
+                xb = torch.from_numpy(data.x[idx])
+            terms = model.loss(xb, model(xb), cfg.loss)
+            loss = terms["total"]
+            if cfg.train.l1_weight:
+                loss = loss + cfg.train.l1_weight * sum(p.abs().sum() for p in enc_params)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became NaN/infinite at epoch {epoch + 1}, batch {b + 1}; lower train.lr and retrain"
+                )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if progress is not None:
+                progress("train", epoch * n_batches + b + 1, cfg.train.epochs * n_batches, float(loss))
+        entry = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}}
+        if len(val_idx):
+            entry.update({f"val_{k}": v for k, v in evaluate_loss(model, data.x[val_idx], cfg).items()})
+        check_collapse(model, data.x[val_idx] if len(val_idx) >= 8 else data.x[train_idx])
+        elapsed += time.perf_counter() - t0
+        entry["seconds"] = round(elapsed, 2)
+        history.append(entry)
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": __version__,
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "seconds": elapsed,
+                "config": cfg.model_dump(mode="json"),
+                "symmetry": data.symmetry,
+                "data": {
+                    "path": str(data.path),
+                    "fingerprint": data.fingerprint,
+                    "scan_shape": list(data.scan_shape),
+                },
+            },
+        )
+    report = {
+        "stage": "train",
+        "data": str(data.path),
+        "patterns": {"train": len(train_idx), "val": len(val_idx)},
+        "symmetry": data.symmetry,
+        "encoder": {
+            "parameters": count_parameters(model.encoder),
+            "macs": count_macs(model.encoder, cfg.preprocess.size),
+        },
+        "epochs": cfg.train.epochs,
+        "history": history,
+        "seconds": round(elapsed, 2),
+        "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
+        "versions": versions(),
+        "machine": machine(),
+    }
+    write_json(run / "train.json", report)
+    return report
+
+
+def load_run_config(run: str | Path) -> Config:
+    """The resolved config saved in a run directory."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise EdgestemError(f"{run}: not a run directory (no config.yaml)")
+    return load_config(path)
+
+
+__all__ = [
+    "TrainingData",
+    "TrainingError",
+    "load_data",
+    "train",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "load_run_config",
+    "dump_config",
+]
