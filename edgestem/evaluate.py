@@ -66,6 +66,31 @@ def regression_slope(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) 
     return out
 
 
+def aligned_mean(raw: np.ndarray, A: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Mean of the patterns warped by their own affine maps: a sharp template in the encoder's frame."""
+    from edgestem.model.ccstae import warp
+
+    total = np.zeros(raw.shape[-2:], dtype=np.float64)
+    with torch.no_grad():
+        for i in range(0, len(raw), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(raw[i : i + batch], dtype=np.float32))[:, None]
+            total += warp(xb, torch.from_numpy(A[i : i + batch]).float()).double().sum(dim=(0, 1)).numpy()
+    return total / len(raw)
+
+
+def refine_from_encoder(raw: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """Per-pattern Poisson maximum-likelihood refinement started from the encoder's estimates.
+
+    The encoder's maps are relative to its learned dictionary, so the refinement's template is built
+    in that same frame (the patterns aligned by those maps, averaged); the maps are dimensionless,
+    so they apply to the raw detector patterns as long as pre-processing only centre-crops and bins.
+    """
+    from edgestem.refine import refine_dataset
+
+    A_ref, _, _ = refine_dataset(raw, aligned_mean(raw, A), A)
+    return A_ref
+
+
 def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dict[str, Any]) -> None:
     """Strain maps file (HDF5, atomic): ``/maps/<component>`` (Rx, Ry), ``/affine`` (Rx, Ry, 2, 2)."""
     import json
@@ -101,10 +126,7 @@ def strain_from_run(
     import time
     from pathlib import Path
 
-    from edgestem.atomic import write_json
     from edgestem.errors import DataError, EdgestemError
-    from edgestem.report import plot_comparison, plot_maps
-    from edgestem.runinfo import stage_report
     from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
 
     t_start = time.perf_counter()
@@ -126,48 +148,114 @@ def strain_from_run(
     methods = {"encoder": A}
     timings = {"encoder": len(A) / max(encoder_seconds, 1e-9)}
     if refine:
-        from edgestem.refine import build_template
-        from edgestem.refine import refine as refine_patterns
-
         t0 = time.perf_counter()
-        template = build_template(d.raw.reshape(-1, *d.raw.shape[-2:]).mean(axis=0))
-        A_ref, _ = refine_patterns(d.raw, template, A)
-        methods["refined"] = A_ref
+        methods["refined"] = refine_from_encoder(d.raw, A)
         timings["refined"] = len(A) / max(time.perf_counter() - t0, 1e-9)
     results: dict[str, Any] = {"patterns": len(A), "patterns_per_second": timings, "symmetry": symmetry}
-    truth = label_maps(d.labels, reference, symmetry) if set(COMPONENTS) <= set(d.labels) else None
+    maps = {name: maps_from_affine(Am, d.scan_shape, reference, symmetry) for name, Am in methods.items()}
     best = "refined" if refine else "encoder"
-    for name, Am in methods.items():
-        maps = maps_from_affine(Am, d.scan_shape, reference, symmetry)
-        if truth is not None:
-            results.setdefault("mae", {})[name] = strain_mae(maps, truth, reference)
-            results.setdefault("slope", {})[name] = regression_slope(maps, truth)
-        if name == best:
-            best_maps, best_A = maps, Am
-    write_maps(
-        out,
-        best_maps,
-        best_A.reshape(*d.scan_shape, 2, 2),
-        {
-            "run": str(run),
-            "data": str(data),
-            "reference": reference or "all",
-            "symmetry": symmetry or "none",
-            "method": best,
-        },
-    )
-    png = out.with_suffix(".png")
-    if truth is not None:
-        plot_comparison(best_maps, truth, png, title=f"{Path(data).name}: {best} vs labels")
-    else:
-        plot_maps(best_maps, png, title=f"{Path(data).name}: {best}")
-    report = stage_report(
+    return write_result(
         "strain",
+        out,
+        maps,
+        {k: v.reshape(*d.scan_shape, 2, 2) for k, v in methods.items()},
+        best,
+        d.labels,
+        reference,
+        symmetry,
+        results,
         inputs={"run": run, "data": data},
-        outputs={"maps": out, "figure": png},
         config=cfg,
-        metrics=results,
         started=t_start,
+    )
+
+
+def write_result(
+    stage: str,
+    out: Any,
+    maps: dict[str, dict[str, np.ndarray]],
+    affine: dict[str, np.ndarray],
+    best: str,
+    labels: dict[str, np.ndarray],
+    reference: str | None,
+    symmetry: str | None,
+    results: dict[str, Any],
+    inputs: dict[str, Any],
+    config: Any = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Write the maps of ``best`` (HDF5), ``<out>.json`` (metrics of every method) and ``<out>.png``.
+
+    Shared by ``edgestem strain`` and ``edgestem baseline`` so both report the same way.
+    """
+    from pathlib import Path
+
+    from edgestem.atomic import write_json
+    from edgestem.report import plot_comparison, plot_maps
+    from edgestem.runinfo import stage_report
+
+    out = Path(out)
+    truth = label_maps(labels, reference, symmetry) if set(COMPONENTS) <= set(labels) else None
+    if truth is not None:
+        for name, m in maps.items():
+            results.setdefault("mae", {})[name] = strain_mae(m, truth, reference)
+            results.setdefault("slope", {})[name] = regression_slope(m, truth)
+    attrs = {"reference": reference or "all", "symmetry": symmetry or "none", "method": best}
+    write_maps(out, maps[best], affine[best], {**{k: str(v) for k, v in inputs.items()}, **attrs})
+    png = out.with_suffix(".png")
+    data_name = Path(str(inputs.get("data", out))).name
+    if truth is not None:
+        plot_comparison(maps[best], truth, png, title=f"{data_name}: {best} vs labels")
+    else:
+        plot_maps(maps[best], png, title=f"{data_name}: {best}")
+    report = stage_report(
+        stage, inputs=inputs, outputs={"maps": out, "figure": png}, config=config, metrics=results, started=started
     )
     write_json(out.with_name(out.name + ".json"), report)
     return results
+
+
+def baseline_from_file(
+    data: Any, out: Any, reference: str | None = None, dataset: str | None = None, symmetry: str = "auto"
+) -> dict[str, Any]:
+    """``edgestem baseline``: classical Bragg-disk strain maps of a data file, reported like ``strain``.
+
+    ``symmetry``: ``"hex"``, ``"square"``, ``"none"`` or ``"auto"`` (from the file's attributes).
+    """
+    import time
+
+    from edgestem.baseline import classical_strain
+    from edgestem.config import load_config
+    from edgestem.data.io import open_4dstem
+    from edgestem.errors import EdgestemError
+    from edgestem.train import symmetry_of
+
+    t_start = time.perf_counter()
+    with open_4dstem(data, dataset) as ds:
+        try:
+            S.reference_mask(ds.scan_shape, reference)
+        except ValueError as exc:
+            raise EdgestemError(str(exc)) from None
+        sym = symmetry_of(ds.attrs, load_config(None, {"model.symmetry": symmetry}))
+        res = classical_strain(ds, reference=reference, symmetry=sym)
+        labels = dict(ds.labels)
+    results: dict[str, Any] = {
+        "patterns": int(res.n_disks.size),
+        "patterns_per_second": {"classical": res.patterns_per_second},
+        "symmetry": sym,
+        "failed": int(res.failed),
+    }
+    maps = {"classical": S.strain_from_affine(res.A, reference=reference, symmetry=sym)}
+    return write_result(
+        "baseline",
+        out,
+        maps,
+        {"classical": res.A},
+        "classical",
+        labels,
+        reference,
+        sym,
+        results,
+        inputs={"data": data},
+        started=t_start,
+    )

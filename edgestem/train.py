@@ -108,7 +108,7 @@ def build_model(cfg: Config, data: TrainingData, train_idx: np.ndarray, layers: 
         parts = np.array_split(_rng(cfg.seed, 14).permutation(train_idx), cfg.model.dictionaries)
         init = np.stack([data.x[p, 0].mean(axis=0) for p in parts])
     torch.manual_seed(cfg.seed)
-    return CCSTAE(cfg.model, cfg.preprocess.size, data.symmetry, init, mask, layers)
+    return CCSTAE(cfg.model, cfg.preprocess.size, data.symmetry, init, mask, layers, smooth_px=cfg.loss.smooth_px)
 
 
 def _augment(raw: np.ndarray, cfg: Config, rng: np.random.Generator) -> np.ndarray:
@@ -202,6 +202,7 @@ def model_from_checkpoint(state: dict[str, Any], layers: LayerFactory | None = N
         np.zeros((cfg.model.dictionaries, cfg.preprocess.size, cfg.preprocess.size), np.float32),
         np.zeros((cfg.preprocess.size, cfg.preprocess.size), np.float32),
         layers,
+        smooth_px=cfg.loss.smooth_px,
     )
     model.load_state_dict(state["model"])
     model.eval()
@@ -268,7 +269,7 @@ def _train(
     optim = torch.optim.Adam(
         [
             {"params": enc_params, "weight_decay": cfg.train.weight_decay},
-            {"params": [model.dictionary], "weight_decay": 0.0},
+            {"params": [model.dictionary], "weight_decay": 0.0, "lr": cfg.train.dictionary_lr},
         ],
         lr=cfg.train.lr,
     )

@@ -74,3 +74,12 @@ def test_strain_command_rejects_mismatched_data(tmp_path, tiny_run):
         big = write_4dstem(tmp_path / "big.h5", np.ones((2, 2, 64, 64), np.float32))
         strain_from_run(tiny_run, big, tmp_path / "m.h5", reference="bad")
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_strain_refine_reports_both_methods(tmp_path, tiny_run, tiny_h5):
+    res = strain_from_run(tiny_run, tiny_h5, tmp_path / "maps.h5", refine=True)
+    assert set(res["mae"]) == {"encoder", "refined"} and res["patterns_per_second"]["refined"] > 0
+    with h5py.File(tmp_path / "maps.h5") as f:
+        assert f.attrs["method"] == "refined"
+    # On clean data the likelihood fit is far better than a 2-epoch encoder.
+    assert res["mae"]["refined"]["exx"] < 0.5 * res["mae"]["encoder"]["exx"]

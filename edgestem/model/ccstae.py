@@ -83,6 +83,19 @@ def warp(img: torch.Tensor, A: torch.Tensor, mode: str = "bilinear") -> torch.Te
     return F.grid_sample(img, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images (identity for sigma = 0), zero padding."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+    return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+
+
 def disk_mask(mean_pattern: np.ndarray, margin_px: float = 1.5, exclude_center: bool = True) -> np.ndarray:
     """Mask of the Bragg disks, found from the data's mean pattern (no hand-typed coordinates).
 
@@ -132,6 +145,7 @@ class Output:
     aligned: torch.Tensor  # warp(x, A): should match the dictionary
     recon: torch.Tensor  # warp(D, A^-1): should match x
     assignment: torch.Tensor  # (N,) index of the dictionary pattern used
+    target: torch.Tensor  # the (smoothed) input the loss compares with
 
 
 class CCSTAE(nn.Module):
@@ -145,9 +159,11 @@ class CCSTAE(nn.Module):
         init_patterns: np.ndarray,
         mask: np.ndarray,
         layers: LayerFactory | None = None,
+        smooth_px: float = 0.0,
     ) -> None:
         super().__init__()
         self.size = size
+        self.smooth_px = smooth_px
         self.symmetry = symmetry
         self.encoder = build_encoder(cfg.encoder, size, layers)
         self.head = ParameterHead(cfg.head, symmetry)
@@ -169,7 +185,8 @@ class CCSTAE(nn.Module):
     def forward(self, x: torch.Tensor) -> Output:
         raw = self.encoder(x)
         A = self.head(raw)
-        aligned = warp(x, A, self.mode)
+        target = gaussian_blur(x, self.smooth_px)
+        aligned = warp(target, A, self.mode)
         D = self.dict_patterns()
         if D.shape[0] == 1:
             k = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -178,16 +195,21 @@ class CCSTAE(nn.Module):
             err = ((aligned[:, None] - D[None]) ** 2 * self.mask).sum(dim=(2, 3, 4))
             k = err.argmin(dim=1)
         recon = warp(D[k], torch.linalg.inv(A), self.mode)
-        return Output(raw, A, aligned, recon, k)
+        return Output(raw, A, aligned, recon, k, target)
 
     def loss(self, x: torch.Tensor, out: Output, cfg: LossConfig) -> dict[str, torch.Tensor]:
         """Masked MSE forward + backward (1:1), scale/shear penalties beyond their free range, L1 on D."""
         m = self.mask
         norm = m.sum() * x.shape[0]
         D = self.dict_patterns()[out.assignment]
-        fwd = (((out.aligned - D) ** 2) * m).sum() / norm
+        # Only pixels whose source lies inside the detector: a rotated pattern's corners sample
+        # outside it (zeros), which would bias the rotation depending on the grain's orientation.
+        inside = warp(torch.ones_like(x[:, :1]), out.A, "bilinear").detach() > 0.999
+        fwd = (((out.aligned - D) ** 2) * m * inside).sum() / norm
         # The backward term compares in x's frame: the mask there is the warped mask.
-        m_back = warp(m.expand(x.shape[0], -1, -1, -1), torch.linalg.inv(out.A), self.mode).detach()
+        # Clamped: bicubic overshoot would make mask weights negative, which the optimiser exploits.
+        m_back = warp(m.expand(x.shape[0], -1, -1, -1), torch.linalg.inv(out.A), self.mode).clamp(0, 1).detach()
+        x = out.target
         if cfg.backward == "poisson":
             rate = out.recon.clamp_min(1e-6)
             bwd = ((rate - x * torch.log(rate)) * m_back).sum() / norm
