@@ -275,6 +275,34 @@ def strain(
         )
 
 
+@app.command()
+@_user_errors
+def baseline(
+    data: Path = typer.Option(..., "--data", "-d", help="Data file to map."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output maps file (HDF5); also <out>.json and .png."),
+    ref: str | None = typer.Option(
+        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+    ),
+    symmetry: str = typer.Option("auto", help="hex, square, none, or auto (from the file's attributes)."),
+    dataset: str | None = DatasetOpt,
+) -> None:
+    """Classical strain mapping (Bragg-disk detection + lattice fit), reported like `edgestem strain`."""
+    from edgestem.evaluate import baseline_from_file
+
+    if symmetry not in ("auto", "hex", "square", "none"):
+        raise EdgestemError(f"--symmetry {symmetry!r}: choose hex, square, none or auto")
+    res = baseline_from_file(data, out, reference=ref, dataset=dataset, symmetry=symmetry)
+    typer.echo(
+        f"wrote {out}: {res['patterns']} patterns ({res['patterns_per_second']['classical']:.0f} patterns/s), "
+        f"{res['failed']} failed fits"
+    )
+    for name, mae in res.get("mae", {}).items():
+        typer.echo(
+            f"  {name:9s} MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "
+            f"theta {mae['theta']:.3f} deg"
+        )
+
+
 def _with_bar(description: str, quiet: bool, fn: Callable[[Any], Any]) -> Any:
     """Run ``fn(callback)`` with a progress bar fed by ``callback(stage, done, total, loss)``."""
     import sys

@@ -44,14 +44,18 @@ def label_maps(
 def strain_mae(
     pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], reference: str | np.ndarray | None = None
 ) -> dict[str, float]:
-    """MAE per component after subtracting each map's reference-region mean: strain in %, theta in deg."""
+    """MAE per component after subtracting each map's reference-region mean: strain in %, theta in deg.
+
+    Positions where the prediction is NaN (a failed classical fit) are left out; count them apart.
+    """
     shape = next(iter(pred.values())).shape
     mask = S.reference_mask(shape, reference) if len(shape) == 2 else np.ones(shape, bool)
     out = {}
     for k in COMPONENTS:
-        p = pred[k] - pred[k][mask].mean()
-        t = truth[k] - truth[k][mask].mean()
-        out[k] = float(np.mean(np.abs(p - t)) * (1.0 if k == "theta" else 100.0))
+        ok = np.isfinite(pred[k])
+        p = pred[k] - pred[k][mask & ok].mean()
+        t = truth[k] - truth[k][mask & ok].mean()
+        out[k] = float(np.mean(np.abs(p - t)[ok]) * (1.0 if k == "theta" else 100.0))
     return out
 
 
@@ -59,8 +63,9 @@ def regression_slope(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) 
     """Least-squares slope of prediction on truth per component (1 = unbiased; < 1 = shrunk to zero)."""
     out = {}
     for k in COMPONENTS:
-        t = truth[k].ravel() - truth[k].mean()
-        p = pred[k].ravel() - pred[k].mean()
+        ok = np.isfinite(pred[k].ravel())
+        t = truth[k].ravel()[ok] - truth[k].ravel()[ok].mean()
+        p = pred[k].ravel()[ok] - pred[k].ravel()[ok].mean()
         denom = float(t @ t)
         out[k] = float(p @ t / denom) if denom > 0 else float("nan")
     return out
@@ -236,20 +241,22 @@ def baseline_from_file(
             S.reference_mask(ds.scan_shape, reference)
         except ValueError as exc:
             raise EdgestemError(str(exc)) from None
+        # "auto": the file's lattice attributes, else classical_strain infers the symmetry from the data.
         sym = symmetry_of(ds.attrs, load_config(None, {"model.symmetry": symmetry}))
         res = classical_strain(ds, reference=reference, symmetry=sym)
         labels = dict(ds.labels)
+    sym = {6: "hex", 4: "square"}.get(int(res.symmetry), int(res.symmetry))
     results: dict[str, Any] = {
         "patterns": int(res.n_disks.size),
         "patterns_per_second": {"classical": res.patterns_per_second},
         "symmetry": sym,
         "failed": int(res.failed),
+        "median_disks": float(np.median(res.n_disks)),
     }
-    maps = {"classical": S.strain_from_affine(res.A, reference=reference, symmetry=sym)}
     return write_result(
         "baseline",
         out,
-        maps,
+        {"classical": res.maps},
         {"classical": res.A},
         "classical",
         labels,

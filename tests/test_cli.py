@@ -15,7 +15,7 @@ from edgestem.cli import app
 from edgestem.data.io import write_4dstem
 
 runner = CliRunner()
-COMMANDS = ["simulate", "noise", "info", "plot", "config", "train", "strain"]
+COMMANDS = ["simulate", "noise", "info", "plot", "config", "train", "strain", "baseline"]
 
 
 def run(*args):
@@ -184,3 +184,15 @@ def test_train_resume_and_strain(tmp_path, tiny_h5):
     _one_line_error(
         run("strain", "--run", tmp_path / "nope", "--data", tiny_h5, "--out", tmp_path / "m.h5"), "checkpoint"
     )
+
+
+def test_baseline_command(tmp_path, tiny_h5):
+    out = tmp_path / "classical.h5"
+    r = run("baseline", "--data", tiny_h5, "--out", out, "--ref", "0:4,0:4")
+    assert r.exit_code == 0, r.output
+    assert "0 failed" in r.output and "classical MAE exx" in r.output
+    report = json.loads((tmp_path / "classical.h5.json").read_text())
+    assert report["stage"] == "baseline" and report["metrics"]["mae"]["classical"]["exx"] < 0.05
+    with h5py.File(out) as f:
+        assert f["maps/exx"].shape == (8, 8) and f.attrs["method"] == "classical"
+    _one_line_error(run("baseline", "--data", tiny_h5, "--out", out, "--symmetry", "penta"), "penta")
