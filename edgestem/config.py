@@ -197,6 +197,11 @@ class LossConfig(Section):
     shear_free: float = Field(0.03, ge=0, description="|sh| up to this is free of penalty.")
     l1_weight: float = Field(1e-6, ge=0, description="L1 weight on the dictionary (mean absolute value).")
     mask_margin_px: float = Field(1.5, ge=0, description="Dilation of the automatic disk mask, pixels.")
+    intensity_fit: bool = Field(
+        False,
+        description="Fit a per-pattern gain and offset before comparing. Off: on a w = 0.25 polycrystal it "
+        "shrank exx (MAE 0.23 % vs 0.10 %, slope 0.57); meant for one model over several noise levels.",
+    )
     smooth_px: float = Field(
         0.0, ge=0, description="Gaussian sigma (px) applied to the patterns the loss compares (not the encoder input)."
     )

@@ -96,6 +96,24 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
 
 
+def fit_intensity(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``a * pred + b`` with the per-pattern gain and offset that best match ``target`` under ``weight``.
+
+    Closed-form weighted least squares per pattern (differentiable). Makes the cycle loss blind to
+    what the affine map cannot explain: disk contrast falls as (1 - w) under the background-noise
+    model and the background adds an offset, so without it one dictionary cannot serve patterns of
+    several noise levels and the mismatch leaks into the scale parameters.
+    """
+    dims = (1, 2, 3)
+    wsum = weight.sum(dim=dims, keepdim=True).clamp_min(1e-12)
+    mp = (weight * pred).sum(dim=dims, keepdim=True) / wsum
+    mt = (weight * target).sum(dim=dims, keepdim=True) / wsum
+    cov = (weight * (pred - mp) * (target - mt)).sum(dim=dims, keepdim=True)
+    var = (weight * (pred - mp) ** 2).sum(dim=dims, keepdim=True).clamp_min(1e-12)
+    a = cov / var
+    return a * (pred - mp) + mt
+
+
 def disk_mask(mean_pattern: np.ndarray, margin_px: float = 1.5, exclude_center: bool = True) -> np.ndarray:
     """Mask of the Bragg disks, found from the data's mean pattern (no hand-typed coordinates).
 
@@ -205,16 +223,19 @@ class CCSTAE(nn.Module):
         # Only pixels whose source lies inside the detector: a rotated pattern's corners sample
         # outside it (zeros), which would bias the rotation depending on the grain's orientation.
         inside = warp(torch.ones_like(x[:, :1]), out.A, "bilinear").detach() > 0.999
-        fwd = (((out.aligned - D) ** 2) * m * inside).sum() / norm
+        m_fwd = m * inside
+        aligned = fit_intensity(out.aligned, D, m_fwd) if cfg.intensity_fit else out.aligned
+        fwd = (((aligned - D) ** 2) * m_fwd).sum() / norm
         # The backward term compares in x's frame: the mask there is the warped mask.
         # Clamped: bicubic overshoot would make mask weights negative, which the optimiser exploits.
         m_back = warp(m.expand(x.shape[0], -1, -1, -1), torch.linalg.inv(out.A), self.mode).clamp(0, 1).detach()
         x = out.target
+        recon = fit_intensity(out.recon, x, m_back) if cfg.intensity_fit else out.recon
         if cfg.backward == "poisson":
-            rate = out.recon.clamp_min(1e-6)
+            rate = recon.clamp_min(1e-6)
             bwd = ((rate - x * torch.log(rate)) * m_back).sum() / norm
         else:
-            bwd = (((out.recon - x) ** 2) * m_back).sum() / norm
+            bwd = (((recon - x) ** 2) * m_back).sum() / norm
         p = self.head.params(out.raw)
         pen = (
             F.relu((p["sx"] - 1).abs() - cfg.scale_free).pow(2).mean()

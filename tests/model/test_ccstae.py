@@ -86,3 +86,15 @@ def test_masks_found_under_background_noise():
     x = render_patterns(np.eye(2)[None], LAT, 64)
     noisy = apply_noise(np.repeat(x, 64, 0), NoiseConfig(model="background", w=0.5), np.random.default_rng(0)).mean(0)
     assert (disk_mask(noisy) * disk_mask(x[0])).sum() > 0.8 * disk_mask(x[0]).sum()
+
+
+def test_intensity_fit_removes_gain_and_offset_only():
+    from edgestem.model.ccstae import fit_intensity
+
+    rng = np.random.default_rng(0)
+    target = torch.tensor(rng.random((3, 1, 16, 16)), dtype=torch.float32)
+    weight = torch.ones_like(target)
+    pred = 0.3 * target + 2.0  # contrast and background changed, positions not
+    np.testing.assert_allclose(fit_intensity(pred, target, weight).numpy(), target.numpy(), atol=1e-5)
+    shifted = torch.roll(target, 2, dims=-1)  # a real misalignment is not absorbed
+    assert float(((fit_intensity(shifted, target, weight) - target) ** 2).mean()) > 0.01
