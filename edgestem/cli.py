@@ -268,11 +268,7 @@ def strain(
     res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset)
     speed = ", ".join(f"{k} {v:.0f} patterns/s" for k, v in res["patterns_per_second"].items())
     typer.echo(f"wrote {out}: {res['patterns']} patterns ({speed})")
-    for name, mae in res.get("mae", {}).items():
-        typer.echo(
-            f"  {name:8s} MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "
-            f"theta {mae['theta']:.3f} deg"
-        )
+    _echo_mae(res)
 
 
 @app.command()
@@ -296,6 +292,11 @@ def baseline(
         f"wrote {out}: {res['patterns']} patterns ({res['patterns_per_second']['classical']:.0f} patterns/s), "
         f"{res['failed']} failed fits"
     )
+    _echo_mae(res)
+
+
+def _echo_mae(res: dict[str, Any]) -> None:
+    """One line of MAE per method (strain in %, theta in degrees), when the data had labels."""
     for name, mae in res.get("mae", {}).items():
         typer.echo(
             f"  {name:9s} MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edgestem import __version__
-from edgestem.config import Config, NoiseConfig, dump_config, load_config, save_config
+from edgestem.config import Config, NoiseConfig, load_config, save_config
 from edgestem.data.io import open_4dstem
 from edgestem.data.noise import apply_noise
 from edgestem.data.preprocess import preprocess
@@ -122,7 +122,7 @@ def _augment(raw: np.ndarray, cfg: Config, rng: np.random.Generator) -> np.ndarr
     return preprocess(apply_noise(raw, noise, rng), cfg.preprocess)[:, None]
 
 
-def _batches(model: CCSTAE, x: np.ndarray, batch: int) -> Any:
+def _batches(x: np.ndarray, batch: int) -> Any:
     for i in range(0, len(x), batch):
         yield torch.from_numpy(x[i : i + batch])
 
@@ -132,7 +132,7 @@ def evaluate_loss(model: CCSTAE, x: np.ndarray, cfg: Config, batch: int = 256) -
     model.eval()
     sums: dict[str, float] = {}
     with torch.no_grad():
-        for xb in _batches(model, x, batch):
+        for xb in _batches(x, batch):
             terms = model.loss(xb, model(xb), cfg.loss)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
@@ -143,7 +143,7 @@ def raw_outputs(model: CCSTAE, x: np.ndarray, batch: int = 512) -> np.ndarray:
     """Encoder outputs (N, 4) in eval mode."""
     model.eval()
     with torch.no_grad():
-        return np.concatenate([model.encoder(xb).numpy() for xb in _batches(model, x, batch)])
+        return np.concatenate([model.encoder(xb).numpy() for xb in _batches(x, batch)])
 
 
 def check_collapse(model: CCSTAE, x: np.ndarray) -> None:
@@ -371,5 +371,4 @@ __all__ = [
     "load_checkpoint",
     "model_from_checkpoint",
     "load_run_config",
-    "dump_config",
 ]
