@@ -128,7 +128,9 @@ def plot_comparison(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], p
         p = (pred[key] - np.mean(pred[key])) * factor
         t = (truth[key] - np.mean(truth[key])) * factor
         lim = float(np.nanmax(np.abs(t))) or 1.0
-        for i, (img, label, lm) in enumerate(((p, "prediction", lim), (t, "label", lim), (p - t, "error", lim / 5))):
+        err = p - t
+        elim = float(np.nanpercentile(np.abs(err), 99)) or lim  # the error's own scale shows its structure
+        for i, (img, label, lm) in enumerate(((p, "prediction", lim), (t, "label", lim), (err, "error", elim))):
             im = axes[i][j].imshow(img, cmap="RdBu_r", vmin=-lm, vmax=lm, interpolation="nearest")
             axes[i][j].set_title(f"{name} {label} ({unit})", fontsize=9)
             axes[i][j].tick_params(labelsize=7)
