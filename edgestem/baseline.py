@@ -52,6 +52,7 @@ from scipy import ndimage, optimize
 from edgestem import strain as S
 from edgestem.data.io import Dataset4D, check_intensities
 from edgestem.errors import DataError
+from edgestem.lattice import reduce_basis
 
 __all__ = ["BaselineResult", "classical_strain"]
 
@@ -588,15 +589,8 @@ def _peaks(corr: np.ndarray, centre: np.ndarray, radius: float, n_max: int = 48)
 
 
 def _reduce(b: np.ndarray) -> np.ndarray:
-    """Lagrange-Gauss reduction of a 2D basis (columns): shortest vectors, |g1.g2| <= |g1|^2 / 2."""
-    g1, g2 = b[:, 0].copy(), b[:, 1].copy()
-    for _ in range(50):
-        if g1 @ g1 > g2 @ g2:
-            g1, g2 = g2, g1
-        mu = round(float(g1 @ g2) / float(g1 @ g1))
-        if mu == 0:
-            break
-        g2 = g2 - mu * g1
+    """Reduced basis (columns) with ``g1 . g2 >= 0`` and a right-handed pair (see edgestem.lattice)."""
+    g1, g2 = reduce_basis(b[:, 0], b[:, 1])
     if g1 @ g2 < 0:
         g2 = -g2
     if g1[0] * g2[1] - g1[1] * g2[0] < 0:

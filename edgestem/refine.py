@@ -49,6 +49,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
+from edgestem.lattice import reduce_basis
+
 __all__ = [
     "Template",
     "find_lattice",
@@ -118,15 +120,8 @@ def _footprint(radius: float) -> np.ndarray:
 
 
 def _reduce_basis(b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
-    """Lagrange-Gauss reduction of a 2D lattice basis (shortest, most orthogonal pair), rows."""
-    for _ in range(100):
-        if b1 @ b1 > b2 @ b2:
-            b1, b2 = b2, b1
-        mu = round(float(b1 @ b2) / float(b1 @ b1))
-        if mu == 0:
-            break
-        b2 = b2 - mu * b1
-    return np.array([b1, b2], dtype=float)
+    """Reduced basis as rows (see :func:`edgestem.lattice.reduce_basis`)."""
+    return np.array(reduce_basis(b1, b2), dtype=float)
 
 
 def find_lattice(pattern: np.ndarray, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
