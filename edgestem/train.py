@@ -21,7 +21,7 @@ import torch
 
 from edgestem import __version__
 from edgestem.config import Config, NoiseConfig, load_config, save_config
-from edgestem.data.io import open_4dstem
+from edgestem.data.io import json_attr, open_4dstem
 from edgestem.data.noise import apply_noise
 from edgestem.data.preprocess import preprocess
 from edgestem.errors import DataError, EdgestemError
@@ -54,12 +54,7 @@ def symmetry_of(attrs: dict[str, Any], cfg: Config) -> str | None:
     """Lattice symmetry: the config's, or (``auto``) the data file's simulator attributes, else None."""
     if cfg.model.symmetry != "auto":
         return None if cfg.model.symmetry == "none" else cfg.model.symmetry
-    lat = attrs.get("lattice")
-    if isinstance(lat, str):
-        try:
-            lat = json.loads(lat)
-        except json.JSONDecodeError:
-            lat = None
+    lat = json_attr(attrs.get("lattice"))
     if isinstance(lat, dict):
         return {6: "hex", 4: "square"}.get(lat.get("symmetry")) or (
             lat.get("kind") if lat.get("kind") in ("hex", "square") else None

@@ -168,6 +168,16 @@ def check_intensities(block: np.ndarray, path: Path | str = "data", offset: int 
 # small helpers
 
 
+def json_attr(value: Any) -> Any:
+    """An attribute that may hold JSON text (edgestem stores dicts so): the parsed value, else None."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return value
+
+
 def _decode_attr(v: Any) -> Any:
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
@@ -293,15 +303,20 @@ class _Computed:
 # HDF5 (edgestem, EMD / py4DSTEM)
 
 
-def _open_hdf5(path: Path, dataset: str | None) -> Dataset4D:
+def _h5_open(path: Path, what: str) -> Any:
+    """Open an HDF5-based file for reading; unreadable files become a one-line DataError."""
     import h5py
 
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as exc:
-        raise DataError(
-            f"{path}: not a readable HDF5 file ({_short(exc)}); the file may be truncated or corrupt"
-        ) from None
+        raise DataError(f"{path}: not a readable {what} file ({_short(exc)}); it may be truncated or corrupt") from None
+
+
+def _open_hdf5(path: Path, dataset: str | None) -> Dataset4D:
+    import h5py
+
+    f = _h5_open(path, "HDF5")
     try:
         name = dataset or _find_4d_dataset(f, path)
         if name not in f or not isinstance(f[name], h5py.Dataset):
@@ -538,12 +553,7 @@ def _open_mat(path: Path, dataset: str | None) -> Dataset4D:
 def _open_mat73(path: Path, dataset: str | None) -> Dataset4D:
     import h5py
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(
-            f"{path}: not a readable MAT v7.3 file ({_short(exc)}); it may be truncated or corrupt"
-        ) from None
+    f = _h5_open(path, "MAT v7.3")
     try:
         variables = {
             k: (tuple(v.shape[::-1]), v.dtype)

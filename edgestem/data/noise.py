@@ -26,7 +26,6 @@ noise of a scan row does not depend on how the scan is chunked.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from edgestem.config import NoiseConfig
+from edgestem.data.io import json_attr
 from edgestem.errors import DataError
 
 __all__ = [
@@ -223,12 +223,7 @@ def add_noise_to_file(
 
 def _updated_units(units: Any, noise: NoiseConfig) -> Any:
     """The source's ``units`` attribute with its ``data`` entry set to the noisy data's units."""
-    parsed: Any = units
-    if isinstance(units, str):
-        try:
-            parsed = json.loads(units)
-        except json.JSONDecodeError:
-            parsed = None
+    parsed = json_attr(units)
     if isinstance(parsed, dict):
         return {**parsed, "data": noise_units(noise, str(parsed.get("data", "as the source")))}
     return {"data": noise_units(noise, "as the source")}
