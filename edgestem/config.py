@@ -227,11 +227,52 @@ class TrainConfig(Section):
         description="Learning rate of the dictionary pixels (O(1-10) values: at lr 3e-4 a polycrystal's loss "
         "still fell linearly after 30 epochs; 1e-2 converged by epoch 10).",
     )
-    weight_decay: float = Field(0.0, ge=0, description="L2 regularisation of the encoder weights (AdamW-style decay).")
-    l1_weight: float = Field(0.0, ge=0, description="L1 regularisation of the encoder weights (sum |w|, scaled).")
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="L2 regularisation of the encoder weights (Adam weight decay; also used by qat and prune).",
+    )
+    l1_weight: float = Field(
+        0.0, ge=0, description="L1 regularisation of the encoder weights (sum |w|, scaled; also used by qat and prune)."
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of patterns held out for the validation loss.")
     threads: int | None = Field(None, ge=1, description="torch threads; None = the CPU cores available.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class QatConfig(Section):
+    """Quantization-aware training (``edgestem qat``): bit widths of the Brevitas encoder.
+
+    Power-of-two (fixed-point) scales everywhere: the only choice that exports bit-exactly to
+    hls4ml and FINN (see docs/quantization.md).
+    """
+
+    bits: int = Field(6, ge=1, le=16, description="Weights and ReLU activations, bits (the headline number).")
+    input_bits: int = Field(8, ge=2, le=16, description="Unsigned input quantizer in front of conv1, bits.")
+    output_bits: int = Field(16, ge=2, le=24, description="Signed quantizer on the 4 encoder outputs, bits.")
+    bias_bits: int = Field(16, ge=4, le=32, description="Biases, bits (scale = input scale x weight scale).")
+    per_layer: dict[str, int] = Field(
+        default_factory=dict,
+        description="Bit widths by layer name (conv1, relu1, fc1, relu_fc1, fc2, input, output); override bits.",
+    )
+    epochs: int = Field(10, ge=1, description="QAT epochs (fine-tuning from the float weights).")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of QAT.")
+    calibration_patterns: int = Field(
+        512, ge=1, description="Training patterns used to calibrate the activation scales before training."
+    )
+
+
+class PruneConfig(Section):
+    """Magnitude pruning (``edgestem prune``) with fine-tuning through the training loop."""
+
+    sparsity: float = Field(0.5, ge=0, lt=1, description="Target fraction of zero weights (or removed channels).")
+    structured: bool = Field(False, description="Remove whole conv channels (the layers really shrink).")
+    steps: int = Field(3, ge=1, description="Iterative schedule: the target is reached in this many equal steps.")
+    epochs: int = Field(6, ge=1, description="Fine-tuning epochs in all (spread evenly over the steps).")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of the fine-tuning.")
+    layers: list[str] | None = Field(
+        None, description="Layers to prune (conv1, fc1, ...); None = every conv and linear but the last."
+    )
 
 
 class Config(Section):
@@ -244,6 +285,8 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    qat: QatConfig = Field(default_factory=QatConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

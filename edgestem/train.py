@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,22 @@ class TrainingData:
     symmetry: str | None
     fingerprint: str
     path: Path
+
+
+@dataclass
+class Stage:
+    """A training stage derived from a trained run (QAT, fine-tuning after pruning).
+
+    It runs through the same loop as float training; only how the model is built and which
+    constraints hold after each step differ. ``build`` must be deterministic: ``--resume`` builds
+    the model again and then loads the checkpoint's weights (and pruning masks) over it.
+    """
+
+    name: str  # "qat", "prune": recorded in the checkpoint and train.json
+    build: Callable[[Config, TrainingData, np.ndarray], CCSTAE]
+    on_epoch: Callable[[CCSTAE, int], None] | None = None  # before each epoch (pruning schedule)
+    after_step: Callable[[CCSTAE], None] | None = None  # after each optimiser step (keep pruned weights 0)
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # stored with the weights (quantization spec)
 
 
 def symmetry_of(attrs: dict[str, Any], cfg: Config) -> str | None:
@@ -187,9 +203,22 @@ def load_checkpoint(run: str | Path) -> dict[str, Any]:
     return state
 
 
+def _add_mask_buffers(model: CCSTAE, weights: dict[str, Any]) -> None:
+    """Register the pruning masks a saved state holds (``<layer>.weight_mask``) so it loads."""
+    for key, mask in weights.items():
+        if key.endswith(".weight_mask"):
+            mod = model.get_submodule(key[: -len(".weight_mask")])
+            if not hasattr(mod, "weight_mask"):
+                mod.register_buffer("weight_mask", torch.ones_like(mask))
+
+
 def model_from_checkpoint(state: dict[str, Any], layers: LayerFactory | None = None) -> tuple[CCSTAE, Config]:
-    """Rebuild the model (and its config) from a checkpoint."""
+    """Rebuild the model (and its config) from a checkpoint: float, quantized or pruned alike."""
     cfg = Config.model_validate(state["config"])
+    if layers is None and state.get("quant"):
+        from edgestem.compress.quantize import BrevitasLayers, QuantSpec
+
+        layers = BrevitasLayers(QuantSpec.from_dict(state["quant"]))
     model = CCSTAE(
         cfg.model,
         cfg.preprocess.size,
@@ -199,6 +228,7 @@ def model_from_checkpoint(state: dict[str, Any], layers: LayerFactory | None = N
         layers,
         smooth_px=cfg.loss.smooth_px,
     )
+    _add_mask_buffers(model, state["model"])
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg
@@ -212,8 +242,12 @@ def train(
     resume: bool = False,
     dataset: str | None = None,
     progress: Callable[[str, int, int, float], None] | None = None,
+    stage: Stage | None = None,
 ) -> dict[str, Any]:
     """Train a CC-ST-AE on a data file into ``run_dir``; returns the ``train.json`` report.
+
+    ``stage`` (QAT, pruning) replaces how the model is built and adds per-step constraints; the
+    loop, loss, checkpointing and resume are the same for every stage.
 
     Runs with ``torch.use_deterministic_algorithms(True)``: with several threads some CPU kernels
     otherwise sum in a varying order, and the same config would not give the same weights (measured:
@@ -222,7 +256,7 @@ def train(
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(cfg, data_path, run_dir, resume=resume, dataset=dataset, progress=progress)
+        return _train(cfg, data_path, run_dir, resume=resume, dataset=dataset, progress=progress, stage=stage)
     finally:
         torch.use_deterministic_algorithms(previous)
 
@@ -235,6 +269,7 @@ def _train(
     resume: bool,
     dataset: str | None,
     progress: Callable[[str, int, int, float], None] | None,
+    stage: Stage | None,
 ) -> dict[str, Any]:
     from edgestem.atomic import write_json
     from edgestem.runinfo import machine, versions
@@ -259,7 +294,7 @@ def _train(
     train_idx, val_idx = split_indices(len(data.x), cfg)
     if len(train_idx) < cfg.train.batch_size // 4 or len(train_idx) < 2:
         raise DataError(f"{data_path}: only {len(train_idx)} training patterns; simulate or read more (>= 64)")
-    model = build_model(cfg, data, train_idx)
+    model = stage.build(cfg, data, train_idx) if stage is not None else build_model(cfg, data, train_idx)
     enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
     optim = torch.optim.Adam(
         [
@@ -271,6 +306,7 @@ def _train(
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if state is not None:
+        _add_mask_buffers(model, state["model"])
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
@@ -280,6 +316,8 @@ def _train(
     n_batches = max(1, int(np.ceil(len(train_idx) / cfg.train.batch_size)))
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
+        if stage is not None and stage.on_epoch is not None:
+            stage.on_epoch(model, epoch)
         model.train()
         order = train_idx[_rng(cfg.seed, _SHUFFLE, epoch).permutation(len(train_idx))]
         sums: dict[str, float] = {}
@@ -300,6 +338,8 @@ def _train(
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
+            if stage is not None and stage.after_step is not None:
+                stage.after_step(model)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if progress is not None:
@@ -323,6 +363,8 @@ def _train(
                 "seconds": elapsed,
                 "config": cfg.model_dump(mode="json"),
                 "symmetry": data.symmetry,
+                "stage": stage.name if stage is not None else "train",
+                **(stage.checkpoint if stage is not None else {}),
                 "data": {
                     "path": str(data.path),
                     "fingerprint": data.fingerprint,
@@ -331,7 +373,7 @@ def _train(
             },
         )
     report = {
-        "stage": "train",
+        "stage": stage.name if stage is not None else "train",
         "data": str(data.path),
         "patterns": {"train": len(train_idx), "val": len(val_idx)},
         "symmetry": data.symmetry,
@@ -359,6 +401,7 @@ def load_run_config(run: str | Path) -> Config:
 
 
 __all__ = [
+    "Stage",
     "TrainingData",
     "TrainingError",
     "load_data",

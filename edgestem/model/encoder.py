@@ -22,6 +22,7 @@ class LayerFactory(Protocol):
     """Makes the layers of the encoder; a quantized factory returns drop-in quantized layers."""
 
     def input(self) -> nn.Module: ...
+    def output(self) -> nn.Module: ...
     def conv(self, name: str, c_in: int, c_out: int, kernel: int) -> nn.Module: ...
     def batchnorm(self, name: str, channels: int) -> nn.Module: ...
     def relu(self, name: str) -> nn.Module: ...
@@ -33,6 +34,9 @@ class FloatLayers:
     """Plain float PyTorch layers."""
 
     def input(self) -> nn.Module:
+        return nn.Identity()
+
+    def output(self) -> nn.Module:
         return nn.Identity()
 
     def conv(self, name: str, c_in: int, c_out: int, kernel: int) -> nn.Module:
@@ -54,8 +58,8 @@ class FloatLayers:
 def build_encoder(cfg: EncoderConfig, size: int, layers: LayerFactory | None = None) -> nn.Sequential:
     """Encoder for ``(N, 1, size, size)`` inputs -> ``(N, 4)`` raw outputs.
 
-    Layer names (``conv1``, ``bn1``, ``relu1``, ``pool1``, ..., ``fc1``, ``relu_fc1``, ``fc2``) are
-    stable: per-layer bit widths, pruning reports and firmware layer names refer to them.
+    Layer names (``input``, ``conv1``, ``bn1``, ``relu1``, ``pool1``, ..., ``fc1``, ``relu_fc1``,
+    ``fc2``, ``output``) are stable: per-layer bit widths, pruning reports and firmware layer names refer to them.
     """
     layers = layers or FloatLayers()
     if size % (2 ** len(cfg.channels)):
@@ -81,6 +85,7 @@ def build_encoder(cfg: EncoderConfig, size: int, layers: LayerFactory | None = N
         mods.append(("fc2", layers.linear("fc2", cfg.hidden, N_OUTPUTS, last=True)))
     else:
         mods.append(("fc1", layers.linear("fc1", n_flat, N_OUTPUTS, last=True)))
+    mods.append(("output", layers.output()))
     from collections import OrderedDict
 
     return nn.Sequential(OrderedDict(mods))

@@ -22,7 +22,7 @@ def test_default_encoder_fits_an_fpga_and_uses_only_portable_layers():
     assert enc(torch.zeros(3, 1, 64, 64)).shape == (3, 4)
     assert count_macs(enc, 64) > count_parameters(enc)
     names = [n for n, _ in enc.named_children()]
-    assert names[:5] == ["input", "conv1", "bn1", "relu1", "pool1"] and names[-1] == "fc2"
+    assert names[:5] == ["input", "conv1", "bn1", "relu1", "pool1"] and names[-2:] == ["fc2", "output"]
 
 
 def test_encoder_size_must_survive_the_pools():

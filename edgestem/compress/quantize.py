@@ -1,0 +1,241 @@
+"""Quantization-aware training: the Brevitas layer factory, BatchNorm folding, the QAT stage.
+
+The quantized encoder is the ONE encoder of :mod:`edgestem.model.encoder`, built with
+:class:`BrevitasLayers` instead of float layers. Every quantizer has a power-of-two scale
+(fixed point): weights ``Int8WeightPerTensorFixedPoint``, ReLU outputs
+``Uint8ActPerTensorFixedPoint``, the input an unsigned fixed-point quantizer, the four outputs a
+signed one, biases ``IntBias`` whose scale is the input scale times the weight scale (the bit
+widths overridden from :class:`~edgestem.config.QatConfig`). That is the recipe measured to give
+bit-exact hls4ml firmware (TOOLCHAIN.md); float scales are not offered because the firmware
+would silently differ.
+
+BatchNorm is folded into the preceding convolution before QAT starts (the quantized encoder has
+no BatchNorm), so what is trained is exactly what is exported.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgestem.config import Config, QatConfig
+from edgestem.errors import ConfigError
+
+QUANT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Bit widths of a quantized encoder; stored in the checkpoint so the model can be rebuilt."""
+
+    bits: int = 6
+    input_bits: int = 8
+    output_bits: int = 16
+    bias_bits: int = 16
+    per_layer: dict[str, int] = field(default_factory=dict)
+    format: int = QUANT_FORMAT
+
+    @classmethod
+    def from_config(cls, cfg: QatConfig) -> QuantSpec:
+        return cls(cfg.bits, cfg.input_bits, cfg.output_bits, cfg.bias_bits, dict(cfg.per_layer))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
+        if data.get("format") != QUANT_FORMAT:
+            raise ConfigError(f"quantization spec format {data.get('format')} is not supported; rerun edgestem qat")
+        return cls(**data)
+
+    def bits_of(self, name: str) -> int:
+        """Bit width of a layer by its stable name (``input``, ``conv1``, ``relu1``, ``fc2``, ``output``)."""
+        if name in self.per_layer:
+            return int(self.per_layer[name])
+        if name == "input":
+            return self.input_bits
+        if name == "output":
+            return self.output_bits
+        return self.bits
+
+
+def layer_names(cfg: Config) -> list[str]:
+    """Names that ``qat.per_layer`` may use for this encoder."""
+    enc = cfg.model.encoder
+    names = ["input"]
+    for i in range(1, len(enc.channels) + 1):
+        names += [f"conv{i}", f"relu{i}"]
+    names += ["fc1", "relu_fc1", "fc2"] if enc.hidden else ["fc1"]
+    return names + ["output"]
+
+
+def check_per_layer(cfg: Config) -> None:
+    """Unknown layer names or out-of-range widths in ``qat.per_layer`` are config errors."""
+    valid = layer_names(cfg)
+    for name, bits in cfg.qat.per_layer.items():
+        if name not in valid:
+            raise ConfigError(f"qat.per_layer: no layer named {name!r}; choose from {', '.join(valid)}")
+        if not 1 <= int(bits) <= 24:
+            raise ConfigError(f"qat.per_layer.{name}: {bits} bits is out of range; use 1 to 24")
+
+
+def _quantizers() -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # brevitas warns about optional kernels it does not need here
+        from brevitas.quant import (
+            Int8ActPerTensorFixedPoint,
+            Int8WeightPerTensorFixedPoint,
+            Uint8ActPerTensorFixedPoint,
+        )
+        from brevitas.quant.scaled_int import IntBias
+    return {
+        "weight": Int8WeightPerTensorFixedPoint,
+        "uact": Uint8ActPerTensorFixedPoint,
+        "sact": Int8ActPerTensorFixedPoint,
+        "bias": IntBias,
+    }
+
+
+class BrevitasLayers:
+    """Layer factory of quantized drop-in layers (Brevitas), power-of-two scales only.
+
+    Quantized tensors flow between layers (``return_quant_tensor=True``) so that each bias is
+    quantized with the scale of its layer's input times its weight scale, as in the firmware.
+    """
+
+    def __init__(self, spec: QuantSpec) -> None:
+        self.spec = spec
+        self.q = _quantizers()
+        import brevitas.nn as qnn
+
+        self.qnn = qnn
+
+    def input(self) -> nn.Module:
+        return self.qnn.QuantIdentity(
+            act_quant=self.q["uact"], bit_width=self.spec.bits_of("input"), return_quant_tensor=True
+        )
+
+    def output(self) -> nn.Module:
+        return self.qnn.QuantIdentity(
+            act_quant=self.q["sact"], bit_width=self.spec.bits_of("output"), return_quant_tensor=False
+        )
+
+    def conv(self, name: str, c_in: int, c_out: int, kernel: int) -> nn.Module:
+        return self.qnn.QuantConv2d(
+            c_in,
+            c_out,
+            kernel,
+            padding=kernel // 2,
+            bias=True,
+            weight_quant=self.q["weight"],
+            weight_bit_width=self.spec.bits_of(name),
+            bias_quant=self.q["bias"],
+            bias_bit_width=self.spec.bias_bits,
+            return_quant_tensor=True,
+        )
+
+    def batchnorm(self, name: str, channels: int) -> nn.Module:
+        raise ConfigError("the quantized encoder has no BatchNorm: fold it first (fold_batchnorm)")
+
+    def relu(self, name: str) -> nn.Module:
+        return self.qnn.QuantReLU(act_quant=self.q["uact"], bit_width=self.spec.bits_of(name), return_quant_tensor=True)
+
+    def pool(self, name: str) -> nn.Module:
+        return nn.MaxPool2d(2)
+
+    def linear(self, name: str, n_in: int, n_out: int, last: bool) -> nn.Module:
+        return self.qnn.QuantLinear(
+            n_in,
+            n_out,
+            bias=True,
+            weight_quant=self.q["weight"],
+            weight_bit_width=self.spec.bits_of(name),
+            bias_quant=self.q["bias"],
+            bias_bit_width=self.spec.bias_bits,
+            return_quant_tensor=True,
+        )
+
+
+def fold_batchnorm(encoder: nn.Sequential) -> dict[str, torch.Tensor]:
+    """Weights of the same encoder without BatchNorm: each ``bnI`` folded into ``convI``.
+
+    ``W' = W * g / sqrt(v + eps)`` per output channel, ``b' = (b - m) * g / sqrt(v + eps) + beta``.
+    Returns a state dict (``convI.weight``, ``convI.bias``, ``fc*.weight``, ...) for an encoder
+    built with ``batchnorm=False``.
+    """
+    mods = dict(encoder.named_children())
+    out: dict[str, torch.Tensor] = {}
+    for name, mod in mods.items():
+        if not isinstance(mod, nn.Conv2d | nn.Linear):
+            continue
+        w = mod.weight.detach().clone()
+        b = mod.bias.detach().clone() if mod.bias is not None else torch.zeros(w.shape[0])
+        bn = mods.get("bn" + name[4:]) if name.startswith("conv") else None
+        if isinstance(bn, nn.BatchNorm2d):
+            g = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            w = w * g.reshape(-1, *([1] * (w.ndim - 1)))
+            b = (b - bn.running_mean) * g + bn.bias.detach()
+        out[f"{name}.weight"] = w
+        out[f"{name}.bias"] = b
+    return out
+
+
+def folded_config(cfg: Config, qat: QatConfig | None = None) -> Config:
+    """The stage config of QAT: BatchNorm off (folded), QAT's epochs and learning rate."""
+    qat = qat or cfg.qat
+    enc = cfg.model.encoder.model_copy(update={"batchnorm": False})
+    model = cfg.model.model_copy(update={"encoder": enc})
+    train = cfg.train.model_copy(update={"epochs": qat.epochs, "lr": qat.lr})
+    return cfg.model_copy(update={"model": model, "train": train, "qat": qat})
+
+
+def calibrate(encoder: nn.Module, x: np.ndarray, batch: int = 128) -> None:
+    """Set the activation quantizers' power-of-two scales from statistics of ``x`` (no training)."""
+    from brevitas.graph.calibrate import calibration_mode
+
+    encoder.eval()
+    with torch.no_grad(), calibration_mode(encoder):
+        for i in range(0, len(x), batch):
+            encoder(torch.from_numpy(x[i : i + batch]))
+
+
+def quant_layers(encoder: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per-layer quantization facts of a Brevitas encoder: bit widths and power-of-two exponents."""
+    import brevitas.nn as qnn
+
+    facts: dict[str, dict[str, Any]] = {}
+    for name, mod in encoder.named_children():
+        if isinstance(mod, qnn.QuantConv2d | qnn.QuantLinear):
+            qw = mod.quant_weight()
+            facts[name] = {
+                "kind": "weight",
+                "bits": int(qw.bit_width),
+                "scale_log2": float(torch.log2(qw.scale).item()),
+                "zeros": float((qw.int() == 0).float().mean().item()),
+            }
+        elif isinstance(mod, qnn.QuantReLU | qnn.QuantIdentity):
+            proxy = mod.act_quant
+            facts[name] = {
+                "kind": "activation",
+                "bits": int(proxy.bit_width()),
+                "scale_log2": float(torch.log2(proxy.scale()).item()),
+                "signed": bool(proxy.is_signed),
+            }
+    return facts
+
+
+__all__ = [
+    "BrevitasLayers",
+    "QuantSpec",
+    "calibrate",
+    "check_per_layer",
+    "fold_batchnorm",
+    "folded_config",
+    "layer_names",
+    "quant_layers",
+]
