@@ -328,6 +328,82 @@ def _with_bar(description: str, quiet: bool, fn: Callable[[Any], Any]) -> Any:
         return fn(cb)
 
 
+@app.command()
+@_user_errors
+def qat(
+    run: Path = typer.Option(..., "--run", "-r", help="Trained float run directory."),
+    bits: int | None = typer.Option(None, help="Bits of weights and activations (2-16). [default: config qat.bits]"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML whose qat: section is used. [default: the run's config.yaml]"
+    ),
+    epochs: int | None = typer.Option(None, help="QAT epochs. [default: config qat.epochs]"),
+    per_layer: str | None = typer.Option(None, "--per-layer", help="Bit widths by layer, e.g. conv1=8,fc2=8."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Training data. [default: the float run's]"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output run directory. [default: RUN/qat]"),
+    eval_data: Path | None = typer.Option(
+        None, "--eval-data", help="Labelled (clean) data for the float-vs-QAT MAE. [default: the training data]"
+    ),
+    eval_noise_w: str | None = typer.Option(None, "--eval-noise-w", help="Background levels added to --eval-data."),
+    eval_dose: str | None = typer.Option(None, "--eval-dose", help="Doses (e-/pattern) applied to --eval-data."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted QAT run."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Quantization-aware training (Brevitas, power-of-two scales) from a float run, into RUN/qat/."""
+    from edgestem.compress.quantize import qat_run
+    from edgestem.config import load_config
+
+    source = config if config is not None else run / "config.yaml"
+    if config is None and not source.is_file():
+        raise EdgestemError(f"{run}: not a run directory (no config.yaml); train first (edgestem train --out {run})")
+    overrides: dict[str, Any] = {"qat.bits": bits, "qat.epochs": epochs}
+    if per_layer:
+        overrides["qat.per_layer"] = _name_values(per_layer, "--per-layer")
+    qcfg = load_config(source, overrides).qat
+    levels = _eval_levels(eval_noise_w, eval_dose)
+    res = _with_bar(
+        "QAT",
+        quiet,
+        lambda cb: qat_run(
+            run, qcfg, data=data, out=out, resume=resume, eval_data=eval_data, eval_levels=levels, progress=cb
+        ),
+    )
+    typer.echo(f"QAT {qcfg.bits} bits: {out or run / 'qat'} ({res['epochs']} epochs in {res['train_seconds']:.0f} s)")
+    for row in res.get("mae", []):
+        typer.echo(
+            f"  {row['noise']:>8} {row['model']:>6}: exx {row['exx']:.3f} %  eyy {row['eyy']:.3f} %  "
+            f"exy {row['exy']:.3f} %  theta {row['theta']:.3f} deg"
+        )
+
+
+def _name_values(text: str, option: str) -> dict[str, int]:
+    """Parse 'conv1=8,fc2=8' into a dict; a malformed item is a one-line error."""
+    out: dict[str, int] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise EdgestemError(f"{option} {text!r}: write name=bits pairs separated by commas, e.g. conv1=8,fc2=8")
+        out[name.strip()] = int(value)
+    return out
+
+
+def _eval_levels(noise_w: str | None, dose: str | None) -> list[tuple[str, Any]] | None:
+    """Noise levels from '0,0.25,0.5' (background w) or '1e4,1e3' (dose); None when neither is given."""
+    from edgestem.evaluate import noise_level
+
+    if noise_w and dose:
+        raise EdgestemError("give either --eval-noise-w or --eval-dose, not both")
+    text, axis = (noise_w, "w") if noise_w else (dose, "dose")
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgestemError(f"noise levels {text!r}: give numbers separated by commas") from None
+    if any(v < 0 or (axis == "w" and v >= 1) or (axis == "dose" and v <= 0) for v in values):
+        raise EdgestemError(f"noise levels {text!r}: w must lie in [0, 1), doses must be > 0")
+    return [(f"{axis}={v:g}", noise_level(v, axis)) for v in values]
+
+
 @app.command("config")
 @_user_errors
 def show_config(

@@ -247,7 +247,7 @@ class QatConfig(Section):
     hls4ml and FINN (see docs/quantization.md).
     """
 
-    bits: int = Field(6, ge=1, le=16, description="Weights and ReLU activations, bits (the headline number).")
+    bits: int = Field(6, ge=2, le=16, description="Weights and ReLU activations, bits (the headline number).")
     input_bits: int = Field(8, ge=2, le=16, description="Unsigned input quantizer in front of conv1, bits.")
     output_bits: int = Field(16, ge=2, le=24, description="Signed quantizer on the 4 encoder outputs, bits.")
     bias_bits: int = Field(16, ge=4, le=32, description="Biases, bits (scale = input scale x weight scale).")

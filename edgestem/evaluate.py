@@ -175,6 +175,48 @@ def strain_from_run(
     )
 
 
+def noise_level(spec: str | float, axis: str) -> Any:
+    """A :class:`~edgestem.config.NoiseConfig` for one level: ``axis`` "w" (background) or "dose"."""
+    from edgestem.config import NoiseConfig
+
+    value = float(spec)
+    if axis == "w":
+        return NoiseConfig(model="background", w=value) if value > 0 else NoiseConfig(model="none")
+    return NoiseConfig(model="dose", dose=value)
+
+
+def compare_models(
+    models: dict[str, Any],
+    raw: np.ndarray,
+    labels: dict[str, np.ndarray],
+    scan_shape: tuple[int, int],
+    cfg: Any,
+    symmetry: str | None,
+    levels: list[tuple[str, Any]] | None = None,
+    reference: str | None = None,
+) -> list[dict[str, Any]]:
+    """Strain MAE of several models on the same patterns, optionally at several noise levels.
+
+    ``raw``: patterns (N, Qx, Qy) as read (clean, when ``levels`` add noise); ``levels``: pairs
+    (label, NoiseConfig) applied with a generator seeded from ``cfg.seed`` and the level's index, so
+    every model sees the same noisy patterns; None = the patterns as they are. Every model goes
+    through the one pre-processing and the one strain computation. Returns one row per (level,
+    model) with the MAE per component (strain in %, theta in degrees).
+    """
+    from edgestem.data.noise import apply_noise
+    from edgestem.data.preprocess import preprocess
+
+    truth = label_maps(labels, reference, symmetry)
+    rows = []
+    for i, (label, noise) in enumerate(levels or [("as read", None)]):
+        noisy = raw if noise is None else apply_noise(raw, noise, np.random.default_rng([cfg.seed, 21, i]))
+        x = preprocess(noisy, cfg.preprocess)[:, None]
+        for name, model in models.items():
+            maps = maps_from_affine(predict_affine(model, x), scan_shape, reference, symmetry)
+            rows.append({"noise": label, "model": name, **strain_mae(maps, truth, reference)})
+    return rows
+
+
 def write_result(
     stage: str,
     out: Any,

@@ -295,19 +295,29 @@ def _train(
     if len(train_idx) < cfg.train.batch_size // 4 or len(train_idx) < 2:
         raise DataError(f"{data_path}: only {len(train_idx)} training patterns; simulate or read more (>= 64)")
     model = stage.build(cfg, data, train_idx) if stage is not None else build_model(cfg, data, train_idx)
-    enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+    if state is not None:
+        # Before the optimiser is made: Brevitas replaces its scale parameters on loading, and an
+        # optimiser holding the old ones would silently stop training them.
+        _add_mask_buffers(model, state["model"])
+        model.load_state_dict(state["model"])
+    # L1/L2 act on weights and biases only, not on quantizer scales.
+    enc_params = [
+        p for n, p in model.named_parameters() if n.startswith("encoder.") and n.endswith((".weight", ".bias"))
+    ]
+    quant_params = [
+        p for n, p in model.named_parameters() if n.startswith("encoder.") and not n.endswith((".weight", ".bias"))
+    ]
     optim = torch.optim.Adam(
         [
             {"params": enc_params, "weight_decay": cfg.train.weight_decay},
             {"params": [model.dictionary], "weight_decay": 0.0, "lr": cfg.train.dictionary_lr},
+            *([{"params": quant_params, "weight_decay": 0.0}] if quant_params else []),
         ],
         lr=cfg.train.lr,
     )
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if state is not None:
-        _add_mask_buffers(model, state["model"])
-        model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
     run.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 # (e.g. scripts/test.sh -m slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-venv.sh .venv dev,io
+scripts/setup-venv.sh .venv dev,io,fpga
 .venv/bin/ruff check edgestem tests benchmarks
 set +e
 .venv/bin/python -m pytest -n auto "$@"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ from edgestem.config import Config, QatConfig
 from edgestem.errors import ConfigError
 
 QUANT_FORMAT = 1
+# brevitas.graph warns on import about an optional CUDA kernel package that CPU QAT does not use.
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,13 @@ def check_per_layer(cfg: Config) -> None:
 
 
 def _quantizers() -> dict[str, Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # brevitas warns about optional kernels it does not need here
-        from brevitas.quant import (
-            Int8ActPerTensorFixedPoint,
-            Int8WeightPerTensorFixedPoint,
-            Uint8ActPerTensorFixedPoint,
-        )
-        from brevitas.quant.scaled_int import IntBias
+    from brevitas.quant import (
+        Int8ActPerTensorFixedPoint,
+        Int8WeightPerTensorFixedPoint,
+        Uint8ActPerTensorFixedPoint,
+    )
+    from brevitas.quant.scaled_int import IntBias
+
     return {
         "weight": Int8WeightPerTensorFixedPoint,
         "uact": Uint8ActPerTensorFixedPoint,
@@ -229,8 +231,166 @@ def quant_layers(encoder: nn.Module) -> dict[str, dict[str, Any]]:
     return facts
 
 
+def bias_saturation(encoder: nn.Module, x: np.ndarray, bias_bits: int) -> dict[str, int]:
+    """Biases that do not fit their quantizer: ``|b| > (2^(B-1) - 1) * s_in * s_w`` per layer.
+
+    A bias's scale is its layer's input scale times its weight scale; with many input bits the
+    scale gets so small that B-bit biases clip (silently, in Brevitas and the firmware alike).
+    Returns the number of clipped biases per conv/linear layer (0 everywhere is what you want).
+    """
+    import brevitas.nn as qnn
+
+    scales: dict[str, torch.Tensor] = {}
+    hooks = [
+        mod.register_forward_pre_hook(lambda m, inp, n=name: scales.__setitem__(n, inp[0].scale))
+        for name, mod in encoder.named_children()
+        if isinstance(mod, qnn.QuantConv2d | qnn.QuantLinear)
+    ]
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            encoder(torch.from_numpy(np.ascontiguousarray(x[:2])))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, s_in in scales.items():
+        mod = encoder.get_submodule(name)
+        limit = (2 ** (bias_bits - 1) - 1) * float(s_in) * float(mod.quant_weight().scale)
+        out[name] = int((mod.bias.detach().abs() > limit).sum())
+    return out
+
+
+def qat_run(
+    run: str | Path,
+    qat: QatConfig,
+    *,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    eval_data: str | Path | None = None,
+    eval_levels: list[tuple[str, Any]] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """``edgestem qat``: quantization-aware training of a trained float run into ``RUN/qat/``.
+
+    The quantized encoder starts from the float weights with BatchNorm folded, its activation
+    scales calibrated on training patterns, the dictionary and mask of the float run; then the
+    one training loop runs with QAT's epochs and learning rate. Writes the run directory
+    (config.yaml, checkpoint.pt, train.json) and ``qat.json``: bit widths and power-of-two
+    exponents per layer, strain MAE of float and QAT on the same patterns (per noise level with
+    ``eval_levels``), time.
+    """
+    import time
+
+    from edgestem.atomic import write_json
+    from edgestem.errors import EdgestemError
+    from edgestem.evaluate import compare_models
+    from edgestem.model.ccstae import CCSTAE
+    from edgestem.model.encoder import count_macs, count_parameters
+    from edgestem.runinfo import stage_report
+    from edgestem.train import Stage, load_checkpoint, load_data, model_from_checkpoint, train
+
+    started = time.perf_counter()
+    run = Path(run)
+    out = Path(out) if out is not None else run / "qat"
+    if not (run / "checkpoint.pt").is_file():
+        raise EdgestemError(f"{run}: no float checkpoint (checkpoint.pt); train first (edgestem train --out {run})")
+    state = load_checkpoint(run)
+    if state.get("quant"):
+        raise EdgestemError(f"{run} is already a quantized run; give the float run it came from")
+    float_model, float_cfg = model_from_checkpoint(state)
+    cfg = folded_config(float_cfg, qat)
+    check_per_layer(cfg)
+    spec = QuantSpec.from_config(qat)
+    data_path = Path(data) if data is not None else Path(state["data"]["path"])
+    if not data_path.is_file():
+        raise EdgestemError(f"{data_path}: the run's training data is not there; pass --data")
+    folded = fold_batchnorm(float_model.encoder)
+
+    def build(cfg: Config, d: Any, train_idx: np.ndarray) -> CCSTAE:
+        torch.manual_seed(cfg.seed)
+        model = CCSTAE(
+            cfg.model,
+            cfg.preprocess.size,
+            state["symmetry"],
+            float_model.dictionary.detach().numpy(),
+            float_model.mask.detach().numpy().reshape(cfg.preprocess.size, cfg.preprocess.size),
+            BrevitasLayers(spec),
+            smooth_px=cfg.loss.smooth_px,
+        )
+        result = model.encoder.load_state_dict(folded, strict=False)
+        wrong = [k for k in result.missing_keys if k.endswith((".weight", ".bias"))] + list(result.unexpected_keys)
+        if wrong:
+            raise EdgestemError(f"{run}: float weights do not fit the quantized encoder ({wrong[0]}); retrain the run")
+        calibrate(model.encoder, d.x[train_idx[: qat.calibration_patterns]])
+        return model
+
+    stage = Stage(
+        "qat",
+        build,
+        checkpoint={"quant": spec.to_dict(), "source": {"run": str(run), "stage": state.get("stage", "train")}},
+    )
+    report = train(cfg, data_path, out, resume=resume, progress=progress, stage=stage)
+    qat_model, _ = model_from_checkpoint(load_checkpoint(out))
+
+    ev = load_data(eval_data or data_path, cfg)
+    layers = quant_layers(qat_model.encoder)
+    for name, n in bias_saturation(qat_model.encoder, ev.x, spec.bias_bits).items():
+        layers[name]["bias_clipped"] = n
+    metrics: dict[str, Any] = {
+        "bits": spec.to_dict(),
+        "layers": layers,
+        "encoder": {
+            "parameters": count_parameters(qat_model.encoder),
+            "macs": count_macs(qat_model.encoder, cfg.preprocess.size),
+        },
+        "train_seconds": report["seconds"],
+        "epochs": cfg.train.epochs,
+    }
+    if {"exx", "eyy", "exy", "theta"} <= set(ev.labels):
+        rows = compare_models(
+            {"float": float_model, "qat": qat_model},
+            ev.raw,
+            ev.labels,
+            ev.scan_shape,
+            cfg,
+            ev.symmetry or state["symmetry"],
+            eval_levels,
+        )
+        metrics["mae"] = rows
+        metrics["mae_ratio"] = _ratios(rows, "qat", "float")
+    write_json(
+        out / "qat.json",
+        stage_report(
+            "qat",
+            inputs={"run": run, "data": data_path, "eval_data": eval_data or data_path},
+            outputs={"run": out, "checkpoint": out / "checkpoint.pt"},
+            config=cfg,
+            metrics=metrics,
+            started=started,
+        ),
+    )
+    return metrics
+
+
+def _ratios(rows: list[dict[str, Any]], model: str, ref: str) -> dict[str, dict[str, float]]:
+    """MAE of ``model`` over MAE of ``ref`` per noise level and component (1.0 = no loss)."""
+    by = {(r["noise"], r["model"]): r for r in rows}
+    out: dict[str, dict[str, float]] = {}
+    for (level, name), r in by.items():
+        if name != model or (level, ref) not in by:
+            continue
+        base = by[(level, ref)]
+        out[str(level)] = {
+            k: float(r[k] / base[k]) if base[k] > 0 else float("nan") for k in ("exx", "eyy", "exy", "theta")
+        }
+    return out
+
+
 __all__ = [
     "BrevitasLayers",
+    "qat_run",
     "QuantSpec",
     "calibrate",
     "check_per_layer",
@@ -238,4 +398,5 @@ __all__ = [
     "folded_config",
     "layer_names",
     "quant_layers",
+    "bias_saturation",
 ]
