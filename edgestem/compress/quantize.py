@@ -256,7 +256,7 @@ def bias_saturation(encoder: nn.Module, x: np.ndarray, bias_bits: int) -> dict[s
     out = {}
     for name, s_in in scales.items():
         mod = encoder.get_submodule(name)
-        limit = (2 ** (bias_bits - 1) - 1) * float(s_in) * float(mod.quant_weight().scale)
+        limit = (2 ** (bias_bits - 1) - 1) * float(s_in) * float(mod.quant_weight().scale.detach())
         out[name] = int((mod.bias.detach().abs() > limit).sum())
     return out
 

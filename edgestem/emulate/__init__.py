@@ -1,0 +1,188 @@
+"""Bit-accurate emulation: every way of running the encoder behind one interface.
+
+A backend turns pre-processed patterns ``(N, 1, H, W)`` float32 into the encoder's four raw outputs
+``(N, 4)``; everything before (reading, noise, the one pre-processing) and after (the bounded head,
+the one strain computation, metrics) is shared, so backends differ only in how the encoder runs.
+Backends are registered by name in :data:`BACKENDS` (name -> module); each module defines one
+``Backend`` class. Adding a backend is one file and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgestem.errors import EdgestemError
+
+BACKENDS: dict[str, str] = {
+    "torch": "edgestem.emulate.float_torch",  # the float model (RUN/checkpoint.pt)
+    "brevitas": "edgestem.emulate.brevitas_qat",  # the quantized model in PyTorch: the reference
+    "qonnx": "edgestem.emulate.qonnx_exec",  # the exported QONNX graph, qonnx's executor
+    "onnxruntime": "edgestem.emulate.ort",  # the QCDQ export under ONNX Runtime
+    "hls4ml": "edgestem.emulate.hls4ml_cpp",  # the compiled hls4ml firmware C++
+    "finn": "edgestem.emulate.finn_exec",  # FINN's own execution, in its environment
+}
+
+
+class Backend(Protocol):
+    """One way of running the encoder of a run directory."""
+
+    name: str
+    exact: bool  # must equal the Brevitas reference bit for bit (else: report differences only)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw encoder outputs (N, 4) float64 of pre-processed patterns (N, 1, H, W) float32."""
+        ...
+
+
+def backend_names() -> list[str]:
+    return list(BACKENDS)
+
+
+def get_backend(name: str, run: str | Path, **options: Any) -> Backend:
+    """Instantiate backend ``name`` for ``run`` (missing artifacts or tools: one-line errors)."""
+    if name not in BACKENDS:
+        raise EdgestemError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    module = importlib.import_module(BACKENDS[name])
+    return module.Backend(Path(run), **options)
+
+
+def quantized_dir(run: str | Path) -> Path:
+    """The quantized model of a run: RUN/prune if it holds a quantized model, else RUN/qat."""
+    import torch
+
+    run = Path(run)
+    pruned = run / "prune" / "checkpoint.pt"
+    if pruned.is_file() and torch.load(pruned, map_location="cpu", weights_only=False).get("quant"):
+        return run / "prune"
+    if (run / "qat" / "checkpoint.pt").is_file():
+        return run / "qat"
+    raise EdgestemError(f"{run}: no quantized model (RUN/qat/checkpoint.pt); run edgestem qat --run {run} first")
+
+
+def first_mismatch(got: np.ndarray, ref: np.ndarray) -> tuple[int, int] | None:
+    """(pattern, output) of the first element where two output arrays differ; None when equal."""
+    diff = np.argwhere(got != ref)
+    return None if len(diff) == 0 else (int(diff[0][0]), int(diff[0][1]))
+
+
+class EmulationMismatch(EdgestemError):
+    """A backend that must be bit-exact differs from the Brevitas reference (exit code 1)."""
+
+    exit_code = 1
+
+
+def check_against_reference(backend: Backend, run: str | Path, x: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """Compare ``got`` (the backend's outputs on ``x``) with the Brevitas reference on the same ``x``.
+
+    Exact backends raise :class:`EmulationMismatch` naming the first differing pattern and value;
+    the others return the count and size of their differences (e.g. FINN's one-LSB tie rounding).
+    """
+    ref = get_backend("brevitas", run).predict(x)
+    where = first_mismatch(got, ref)
+    n_bad = int((got != ref).any(axis=1).sum())
+    result = {
+        "reference": "brevitas",
+        "patterns": len(x),
+        "mismatching_patterns": n_bad,
+        "max_abs_diff": float(np.abs(got - ref).max()) if len(x) else 0.0,
+        "exact_required": backend.exact,
+    }
+    if where is not None and backend.exact:
+        i, k = where
+        raise EmulationMismatch(
+            f"{backend.name} differs from brevitas on {n_bad} of {len(x)} patterns; first: pattern {i}, "
+            f"output {k}: {got[i, k]!r} vs {ref[i, k]!r}"
+        )
+    return result
+
+
+def emulate(
+    run: str | Path,
+    backend: str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    noise: Any = None,
+    check: bool = False,
+    reference: str | None = None,
+    dataset: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``edgestem emulate``: strain maps of ``data`` through one backend, written like ``edgestem strain``.
+
+    ``noise`` (a NoiseConfig) is drawn on the patterns first, seeded from the run's config. With
+    ``check`` the raw outputs are compared with the Brevitas reference (see
+    :func:`check_against_reference`); a bit-exact backend that differs writes nothing and raises.
+    """
+    import time
+
+    import torch
+
+    from edgestem import strain as S
+    from edgestem.data.noise import apply_noise
+    from edgestem.data.preprocess import preprocess
+    from edgestem.errors import DataError
+    from edgestem.evaluate import maps_from_affine, write_result
+    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
+
+    started = time.perf_counter()
+    state = load_checkpoint(run)
+    model, cfg = model_from_checkpoint(state)
+    be = get_backend(backend, run, **(options or {}))
+    d = load_data(data, cfg, dataset)
+    size = cfg.preprocess.size
+    if d.x.shape[-2:] != (size, size):
+        raise DataError(f"{data}: patterns pre-process to {d.x.shape[-2:]}, the run was trained on {size}x{size}")
+    try:
+        S.reference_mask(d.scan_shape, reference)
+    except ValueError as exc:
+        raise EdgestemError(str(exc)) from None
+    x = d.x
+    if noise is not None:
+        x = preprocess(apply_noise(d.raw, noise, np.random.default_rng([cfg.seed, 22])), cfg.preprocess)[:, None]
+    t0 = time.perf_counter()
+    raw = be.predict(np.ascontiguousarray(x, dtype=np.float32))
+    seconds = time.perf_counter() - t0
+    results: dict[str, Any] = {
+        "backend": backend,
+        "patterns": len(raw),
+        "patterns_per_second": {backend: len(raw) / max(seconds, 1e-9)},
+        "noise": None if noise is None else noise.model_dump(mode="json"),
+    }
+    if check:
+        results["check"] = check_against_reference(be, run, x, raw)
+    with torch.no_grad():
+        A = model.head(torch.from_numpy(raw)).numpy()
+    symmetry = state["symmetry"] if d.symmetry is None else d.symmetry
+    maps = {backend: maps_from_affine(A, d.scan_shape, reference, symmetry)}
+    return write_result(
+        "emulate",
+        out,
+        maps,
+        {backend: A.reshape(*d.scan_shape, 2, 2)},
+        backend,
+        d.labels,
+        reference,
+        symmetry,
+        results,
+        inputs={"run": run, "data": data, "backend": backend},
+        config=cfg,
+        started=started,
+    )
+
+
+__all__ = [
+    "EmulationMismatch",
+    "check_against_reference",
+    "emulate",
+    "BACKENDS",
+    "Backend",
+    "backend_names",
+    "first_mismatch",
+    "get_backend",
+    "quantized_dir",
+]
