@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -25,17 +26,7 @@ from edgestem.compress.prune import (
 )
 from edgestem.config import load_config
 from edgestem.errors import ConfigError, EdgestemError
-from edgestem.train import load_checkpoint, model_from_checkpoint, train
-
-TINY = {
-    "preprocess.size": 32,
-    "model.encoder.channels": [4, 8],
-    "model.encoder.hidden": 8,
-    "train.batch_size": 16,
-    "train.lr": 1e-3,
-    "train.epochs": 1,
-    "seed": 2,
-}
+from edgestem.train import load_checkpoint, model_from_checkpoint
 
 
 def prune_cfg(**prune):
@@ -43,32 +34,19 @@ def prune_cfg(**prune):
 
 
 @pytest.fixture(scope="module")
-def data32(tmp_path_factory):
-    """An 8 x 8 scan of 32 x 32 patterns (hex polycrystal, labelled)."""
-    from edgestem.data.simulate import simulate_to_file
-
-    cfg = load_config(None, {"simulate.scan": 8, "simulate.size": 32, "seed": 3})
-    return simulate_to_file(cfg, tmp_path_factory.mktemp("data") / "d32.h5")
-
-
-@pytest.fixture(scope="module")
-def float_run(tmp_path_factory, data32):
-    """A float run (BatchNorm on) trained for one epoch."""
-    run = tmp_path_factory.mktemp("float") / "run"
-    train(load_config(None, TINY), data32, run)
+def qat_run(tmp_path_factory, tiny_qat_run):
+    """A copy of the session's tiny float run (BatchNorm on) with its 6-bit QAT model in RUN/qat."""
+    pytest.importorskip("brevitas.nn")
+    run = tmp_path_factory.mktemp("qat") / "run"
+    shutil.copytree(tiny_qat_run, run)
     return run
 
 
 @pytest.fixture(scope="module")
-def qat_run(tmp_path_factory, data32):
-    """A float run with its 6-bit QAT model in RUN/qat (edgestem qat, one epoch)."""
-    pytest.importorskip("brevitas.nn")
-    from edgestem.compress.quantize import qat_run as make_qat
-    from edgestem.config import QatConfig
-
-    run = tmp_path_factory.mktemp("qat") / "run"
-    train(load_config(None, TINY), data32, run)
-    make_qat(run, QatConfig(bits=6, epochs=1, calibration_patterns=64))
+def float_run(tmp_path_factory, tiny_qat_run):
+    """The same float run without its QAT model: ``--from auto`` then prunes the float model."""
+    run = tmp_path_factory.mktemp("float") / "run"
+    shutil.copytree(tiny_qat_run, run, ignore=shutil.ignore_patterns("qat"))
     return run
 
 
