@@ -1,0 +1,144 @@
+"""Firmware backends by name (``edgestem firmware --backend NAME``): one module per backend.
+
+A backend is the module ``edgestem.export.<name>`` with a build function decorated by
+``@register("<name>")``; it is imported only when asked for, so ``edgestem --help`` and the
+other backends never load its toolchain. Adding FINN or an RTL flow is adding one such file.
+A build function takes a :class:`FirmwareRequest`, writes ``RUN/firmware/<name>/`` with a
+``firmware.json`` written last (a project without it is incomplete), and returns that report.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgestem.errors import ConfigError, EdgestemError
+
+FIRMWARE_DIR = "firmware"
+REPORT_FILE = "firmware.json"
+IO_TYPES = ("stream", "parallel")
+STRATEGIES = ("latency", "resource")
+HLS_TOOLS = ("vitis", "vivado")
+
+
+class FirmwareMismatch(EdgestemError):
+    """The firmware's emulation differs from the Brevitas model (exit code 1); the project is kept to inspect."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class FirmwareRequest:
+    """What to build: the run, the target and the implementation choices (backends use what applies)."""
+
+    run: Path
+    board: Any  # edgestem.export.boards.Board
+    clock_ns: float
+    io: str = "stream"  # stream (FIFOs between layers) or parallel (fully partitioned arrays)
+    reuse: int = 1  # multipliers shared by this many multiplications (hls4ml ReuseFactor)
+    strategy: str = "latency"  # hls4ml Strategy
+    hls: str = "vitis"  # HLS tool the project is written for
+    patterns: int = 200  # patterns for the bit-exact check against Brevitas
+    data: Path | None = None  # data for that check; None: the run's own
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.io in IO_TYPES, f"--io {self.io!r}: choose {' or '.join(IO_TYPES)}"),
+            (self.strategy in STRATEGIES, f"--strategy {self.strategy!r}: choose {' or '.join(STRATEGIES)}"),
+            (self.hls in HLS_TOOLS, f"--hls {self.hls!r}: choose {' or '.join(HLS_TOOLS)}"),
+            (self.reuse >= 1, f"--reuse {self.reuse}: must be >= 1"),
+            (self.clock_ns > 0, f"--clock-ns {self.clock_ns:g}: must be positive"),
+            (self.patterns >= 1, f"--patterns {self.patterns}: check at least 1 pattern"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def out_dir(self, backend: str) -> Path:
+        return Path(self.run) / FIRMWARE_DIR / backend
+
+
+Builder = Callable[[FirmwareRequest], dict[str, Any]]
+_BUILDERS: dict[str, Builder] = {}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make ``fn`` the firmware backend ``name`` (the module must be ``edgestem.export.<name>``)."""
+
+    def deco(fn: Builder) -> Builder:
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def _load(name: str) -> None:
+    if name not in _BUILDERS and _NAME.match(name):
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+
+
+def names() -> list[str]:
+    """Every firmware backend this installation has (imports the package's modules to find them)."""
+    import edgestem.export as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            _load(info.name)
+    return sorted(_BUILDERS)
+
+
+def get(name: str) -> Builder:
+    """The build function of backend ``name``; an unknown name is a one-line error listing the others."""
+    _load(name)
+    if name not in _BUILDERS:
+        raise ConfigError(f"--backend {name!r}: no such firmware backend; choose {', '.join(names())}")
+    return _BUILDERS[name]
+
+
+def build_firmware(
+    backend: str,
+    run: str | Path,
+    *,
+    board: str | Any = "zcu104",
+    clock_ns: float | None = None,
+    io: str = "stream",
+    reuse: int = 1,
+    strategy: str = "latency",
+    hls: str = "vitis",
+    patterns: int = 200,
+    data: str | Path | None = None,
+) -> dict[str, Any]:
+    """Build firmware for ``run`` with backend ``backend``; returns its ``firmware.json`` report.
+
+    ``board`` is a preset name, a board YAML file or a part number (or a loaded Board);
+    ``clock_ns`` defaults to the board's clock.
+    """
+    from edgestem.export.boards import load_board
+
+    builder = get(backend)
+    target = load_board(board) if isinstance(board, str) else board
+    request = FirmwareRequest(
+        run=Path(run),
+        board=target,
+        clock_ns=target.clock_ns if clock_ns is None else clock_ns,
+        io=io,
+        reuse=reuse,
+        strategy=strategy,
+        hls=hls,
+        patterns=patterns,
+        data=None if data is None else Path(data),
+    )
+    return builder(request)
+
+
+__all__ = ["FirmwareMismatch", "FirmwareRequest", "build_firmware", "get", "names", "register"]
