@@ -404,6 +404,337 @@ def _eval_levels(noise_w: str | None, dose: str | None) -> list[tuple[str, Any]]
     return [(f"{axis}={v:g}", noise_level(v, axis)) for v in values]
 
 
+@app.command()
+@_user_errors
+def prune(
+    run: Path = typer.Option(..., "--run", "-r", help="Trained run directory (its float or QAT model is pruned)."),
+    sparsity: float | None = typer.Option(
+        None, "--sparsity", "-s", help="Fraction of weights (--structured: channels) removed, in [0, 1). [default: 0.5]"
+    ),
+    structured: bool | None = typer.Option(
+        None, "--structured/--unstructured", help="Remove whole conv channels (layers shrink). [default: unstructured]"
+    ),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs. [default: config prune.epochs]"),
+    steps: int | None = typer.Option(None, help="Equal sparsity steps of the schedule. [default: config prune.steps]"),
+    source: str = typer.Option("auto", "--from", help="float, qat, or auto: RUN/qat if it exists, else the float run."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML whose prune: section is used. [default: the run's config.yaml]"
+    ),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Fine-tuning data. [default: the source run's]"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output run directory. [default: RUN/prune]"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted pruning run."),
+    dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Magnitude pruning (per-layer weights or whole channels) with fine-tuning, into RUN/prune/."""
+    from edgestem.compress.prune import prune_run
+    from edgestem.config import load_config
+
+    if config is None:  # resuming: the pruning run's own config; else the source run's
+        candidates = ([(out or run / "prune") / "config.yaml"] if resume else []) + [run / "config.yaml"]
+        config = next((p for p in candidates if p.is_file()), None)
+    overrides = {
+        "prune.sparsity": sparsity,
+        "prune.structured": structured,
+        "prune.epochs": epochs,
+        "prune.steps": steps,
+    }
+    cfg = load_config(config, overrides)
+    res = _with_bar(
+        "pruning",
+        quiet,
+        lambda cb: prune_run(run, cfg, source=source, out=out, data=data, dataset=dataset, resume=resume, progress=cb),
+    )["metrics"]
+    before, after = res["before"], res["after"]
+    kind = "structured" if res["structured"] else "unstructured"
+    typer.echo(
+        f"pruned {out or run / 'prune'} ({res['from']} model, {kind}, sparsity {res['sparsity']:g}): "
+        f"parameters {before['parameters']} -> {after['parameters']}, "
+        f"MACs {before['macs']} -> {after['macs']} ({after['effective_macs']} with a non-zero weight)"
+    )
+    mae = res["mae_vs_source"]
+    typer.echo(
+        f"  pruned vs source MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "
+        f"theta {mae['theta']:.3f} deg"
+    )
+    _echo_mae({"mae": {row["model"]: row for row in res.get("mae", [])}})
+
+
+@app.command()
+@_user_errors
+def emulate(
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory (float, qat/, export/, firmware/ inside)."),
+    backend: str = typer.Option(
+        "brevitas", "--backend", "-b", help="torch, brevitas, qonnx, onnxruntime, hls4ml, finn or verilator."
+    ),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Data file. [default: the run's training data]"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Maps file. [default: RUN/emulate/<backend>.h5]"),
+    noise_w: float | None = typer.Option(None, "--noise-w", help="Background level w drawn on the patterns first."),
+    dose: float | None = typer.Option(None, "--dose", help="Dose (e-/pattern) drawn on the patterns first."),
+    check: bool = typer.Option(
+        False, "--check", help="Compare raw outputs with the Brevitas reference; exit 1 on any difference."
+    ),
+    ref: str | None = typer.Option(
+        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+    ),
+    dataset: str | None = DatasetOpt,
+) -> None:
+    """Strain maps through one backend (float, Brevitas, QONNX, ONNX Runtime, hls4ml C++, FINN), like `strain`."""
+    from edgestem.emulate import emulate as emulate_run
+    from edgestem.evaluate import noise_level
+    from edgestem.train import load_checkpoint
+
+    if noise_w is not None and dose is not None:
+        raise EdgestemError("give either --noise-w or --dose, not both")
+    noise = (
+        noise_level(noise_w, "w") if noise_w is not None else noise_level(dose, "dose") if dose is not None else None
+    )
+    if data is None:
+        data = Path(load_checkpoint(run)["data"]["path"])
+    out = out or run / "emulate" / f"{backend}.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = emulate_run(run, backend, data, out, noise=noise, check=check, reference=ref, dataset=dataset)
+    speed = res["patterns_per_second"][backend]
+    typer.echo(f"wrote {out}: {res['patterns']} patterns through {backend} ({speed:.0f} patterns/s)")
+    if "check" in res:
+        c = res["check"]
+        typer.echo(
+            f"check vs brevitas: {c['patterns'] - c['mismatching_patterns']} of {c['patterns']} patterns identical"
+            f" (max |diff| {c['max_abs_diff']:.3g})"
+        )
+    _echo_mae(res)
+
+
+@app.command("synth-report")
+@_user_errors
+def synth_report(
+    run: Path = typer.Argument(..., help="Run directory (reads RUN/firmware/{hls4ml,finn} and RUN/hw)."),
+    board: str | None = typer.Option(
+        None, "--board", "-b", help="Preset (zcu104, u250, pynq-z2), board YAML or part, for utilisation %."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Output JSON. [default: RUN/synth-report.json]"),
+    yosys: bool = typer.Option(
+        False, "--yosys", help="First synthesise RUN/firmware/rtl with yosys synth_xilinx (LUT/FF/DSP/BRAM counts)."
+    ),
+) -> None:
+    """Summarise HLS, Vivado and FINN reports: latency, II, LUT/FF/DSP/BRAM, slack, utilisation."""
+    from edgestem.export.synth_report import format_table, synth_report
+
+    res = synth_report(run, board=board, json_out=json_out, yosys=yosys)
+    where = "" if res["board"] is None else f" on {res['board']['name']} ({res['board']['part']})"
+    typer.echo(f"synthesis reports of {run}{where}:")
+    typer.echo(format_table(res["summary"]))
+    typer.echo(f"wrote {res['json']}")
+
+
+@app.command()
+@_user_errors
+def budget(
+    run: Path = typer.Argument(..., help="Run directory with HLS/Vivado or FINN estimate reports."),
+    detector: str | None = typer.Option(
+        None, "--detector", "-d", help="4dcamera, empad-g2, merlin, ... or a rate in Hz. [default: every detector]"
+    ),
+    board: str | None = typer.Option(None, "--board", "-b", help="Preset, board YAML or part; brings its clock."),
+    clock_ns: float | None = typer.Option(None, "--clock-ns", help="Judge at this clock instead of the design's."),
+    json_out: Path | None = typer.Option(None, "--json", help="Output JSON. [default: RUN/budget.json]"),
+) -> None:
+    """Does the encoder keep up with the detector? Speed-up, FINN folding or hls4ml reuse factor needed."""
+    from edgestem.export.budget import budget as run_budget
+    from edgestem.export.budget import format_budget
+
+    res = run_budget(run, detector=detector, board=board, clock_ns=clock_ns, json_out=json_out)
+    typer.echo(format_budget(res))
+    typer.echo(f"wrote {res['json']}")
+
+
+@app.command()
+@_user_errors
+def robustness(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config with a robustness: section (see configs/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Study directory (table, figures, runs, report)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed study; failed cells are tried again."),
+) -> None:
+    """Train-noise x test-noise grid with seeds: tidy table, heatmaps, error-vs-noise curves."""
+    from edgestem.config import load_config
+    from edgestem.robustness import grid_markdown, run_study
+
+    res = run_study(load_config(config), out, resume=resume, log=lambda line: typer.echo(line, err=True))
+    cells = res["summary"]["cells"]
+    typer.echo(f"wrote {out}: {cells['ok']} cells, {cells['failed']} failed; results.csv, figures/, robustness.json")
+    typer.echo("exx MAE (%) against the labels (rows: trained at; columns: tested at):")
+    typer.echo(grid_markdown(res["grids"]["noise-free"]["exx"]))
+
+
+@app.command()
+@_user_errors
+def report(
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory (float, qat/, prune/, export/, firmware/)."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Clean labelled data; noise is drawn per level. [default: the run's clean data]"
+    ),
+    noise_w: str | None = typer.Option(None, "--noise-w", help="Background levels. [default: 0,0.1,0.25,0.5,0.7]"),
+    dose: str | None = typer.Option(None, "--dose", help="Doses in e-/pattern, e.g. 1e5,1e4,1e3,1e2."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder. [default: RUN/report]"),
+    check_patterns: int = typer.Option(64, help="Patterns per level run through each emulated stage."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Include the classical baseline."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Degradation table: strain MAE per noise level for float, QAT, pruned, QONNX, firmware and classical."""
+    from edgestem.degradation import degradation, write_report
+
+    levels = _eval_levels(noise_w, dose) or _eval_levels("0,0.1,0.25,0.5,0.7", None)
+    if data is None:
+        data = _clean_data_of(run)
+    res = _with_bar(
+        "report",
+        quiet,
+        lambda cb: degradation(
+            run,
+            data,
+            levels,
+            check_patterns=check_patterns,
+            baseline=baseline,
+            progress=None if cb is None else lambda i, n: cb("report", i, n, 0.0),
+        ),
+    )
+    paths = write_report(run, res, out or run / "report", data=str(data))
+    from edgestem.degradation import markdown
+
+    typer.echo(markdown(res, "exx"))
+    typer.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['figure']}")
+
+
+def _clean_data_of(run: Path) -> Path:
+    """The clean data a pipeline run recorded (RUN/pipeline.json), else the run's training data."""
+    import json
+
+    record = run / "pipeline.json"
+    if record.is_file():
+        clean = json.loads(record.read_text()).get("clean_data")
+        if clean:
+            return Path(clean)
+    from edgestem.train import load_checkpoint
+
+    return Path(load_checkpoint(run)["data"]["path"])
+
+
+@app.command("run")
+@_user_errors
+def run_all(
+    config: Path = typer.Argument(..., help="Pipeline config (e.g. configs/demo.yaml)."),
+    out: Path = typer.Option(Path("runs/pipeline"), "--out", "-o", help="Output folder = the run directory."),
+    force: bool = typer.Option(False, "--force", help="Redo steps whose config changed (and every step after)."),
+    only: str | None = typer.Option(None, "--only", help="Run only these steps, e.g. train,qat."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """The whole pipeline: simulate -> noise -> train -> qat -> [prune] -> export -> firmware -> emulate -> report."""
+    from edgestem.config import load_config
+    from edgestem.pipeline import run_pipeline
+
+    cfg = load_config(config)
+    t0 = time.perf_counter()
+    steps = [s.strip() for s in only.split(",")] if only else None
+    _with_bar(
+        "pipeline", quiet, lambda cb: run_pipeline(cfg, out, force=force, only=steps, echo=typer.echo, progress=cb)
+    )
+    typer.echo(f"pipeline finished in {time.perf_counter() - t0:.0f} s: {out} (report in {out / 'report'})")
+
+
+@app.command()
+@_user_errors
+def export(
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory with a QAT (RUN/qat) or pruned (RUN/prune) model"),
+    fmt: str = typer.Option("qonnx", "--format", "-f", help="qonnx (firmware, FINN) or qcdq (ONNX Runtime on CPUs)."),
+    source: str = typer.Option("auto", "--source", help="auto (RUN/prune if quantized, else RUN/qat), qat or prune."),
+    patterns: int = typer.Option(200, "--patterns", help="Patterns of the run's data the export is verified on."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Data for the verification. [default: the run's]"),
+    tolerance_lsb: int = typer.Option(
+        0, "--tolerance-lsb", help="QCDQ only: output LSBs ONNX Runtime may differ from Brevitas by."
+    ),
+) -> None:
+    """Export the quantized encoder (QONNX or QCDQ) into RUN/export/, verified against Brevitas by execution."""
+    from edgestem.export.qonnx import export_run
+
+    m = export_run(run, fmt=fmt, source=source, patterns=patterns, data=data, tolerance_lsb=tolerance_lsb)["metrics"]
+    src = m["source"]
+    for name, v in m["verification"].items():
+        if isinstance(v, dict):
+            extra = f", {v['max_diff_lsb']:.0f} output LSB" if "max_diff_lsb" in v else ""
+            typer.echo(
+                f"wrote {run / 'export' / name} ({src['stage']} model): {v['patterns'] - v['mismatched_patterns']} of "
+                f"{v['patterns']} patterns identical to Brevitas (max |diff| {v['max_abs_diff']:.3g}{extra})"
+            )
+    if "cost" in m:
+        c = m["cost"]
+        typer.echo(f"  {c['macs']} MACs ({c['macs_nonzero']} with a non-zero weight), {c['bops']} bit operations")
+
+
+@app.command()
+@_user_errors
+def firmware(
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory with RUN/export/encoder.onnx (edgestem export)."),
+    backend: str = typer.Option("hls4ml", "--backend", help="Firmware backend (hls4ml)."),
+    board: str = typer.Option("zcu104", "--board", help="Preset (zcu104, u250, pynq-z2), board YAML or AMD part."),
+    clock_ns: float | None = typer.Option(None, "--clock-ns", help="Clock period in ns. [default: the board's]"),
+    io: str = typer.Option("stream", "--io", help="stream (FIFOs between layers) or parallel (small inputs only)."),
+    reuse: int = typer.Option(1, "--reuse", help="Reuse factor: multiplications per multiplier."),
+    strategy: str = typer.Option("latency", "--strategy", help="latency or resource."),
+    hls: str = typer.Option("vitis", "--hls", help="HLS tool the project is written for: vitis or vivado."),
+    patterns: int = typer.Option(200, "--patterns", help="Patterns of the bit-exact check against Brevitas."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Data for that check. [default: the run's]"),
+) -> None:
+    """Firmware project from the exported encoder into RUN/firmware/<backend>/, C++ emulation checked bit-exact."""
+    from edgestem.export.registry import build_firmware
+
+    m = build_firmware(
+        backend,
+        run,
+        board=board,
+        clock_ns=clock_ns,
+        io=io,
+        reuse=reuse,
+        strategy=strategy,
+        hls=hls,
+        patterns=patterns,
+        data=data,
+    )["metrics"]
+    total = sum(m.get("seconds", {}).values())
+    where = f"{m['part']} at {m['clock_ns']:g} ns"
+    typer.echo(f"wrote {m['project']['dir']}: {backend} project for {where} ({total:.0f} s)")
+    c = m.get("bit_exact")
+    if c:
+        typer.echo(
+            f"  {m.get('check_label', 'C++ emulation')} vs Brevitas: {c['patterns'] - c['mismatched_patterns']} of "
+            f"{c['patterns']} patterns "
+            f"bit-exact (max |diff| {c['max_abs_diff']:.3g}), {c['patterns_per_second']:.0f} patterns/s"
+        )
+
+
+@app.command()
+@_user_errors
+def sweep(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config with sweep: and robustness: sections."),
+    storage: str = typer.Option(
+        "sweep.db", "--storage", help="Database URL Optuna accepts, or a file path for SQLite (embedded)."
+    ),
+    n_trials: int = typer.Option(..., "--n-trials", "-n", min=1, help="Trials this worker runs (workers add up)."),
+    report: Path | None = typer.Option(None, "--report", help="Write Optuna's plots and sweep.json here."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Data and trial runs here. [default: a temp dir]"),
+) -> None:
+    """Optuna hyper-parameter search; objective: strain MAE at one test noise level (many workers may share it)."""
+    from edgestem.config import load_config
+    from edgestem.sweep import run_sweep
+
+    res = run_sweep(load_config(config), storage, n_trials, report=report, workdir=workdir, log=typer.echo)
+    best = res["best"]
+    counts = ", ".join(f"{n} {state}" for state, n in res["trials"].items())
+    typer.echo(f"study {res['study']}: {counts}")
+    if best is not None:
+        typer.echo(f"best: trial {best['number']}, MAE {best['value']:.4f}, {best['params']}")
+    for path in res.get("report", []):
+        typer.echo(f"wrote {path}")
+
+
 @app.command("config")
 @_user_errors
 def show_config(

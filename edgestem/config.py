@@ -129,6 +129,14 @@ class PreprocessConfig(Section):
     log_offset: float = Field(
         1e-3, gt=0, description="log scaling: log(x / mean + offset) - log(offset), keeps zero at zero."
     )
+    background: Literal["none", "radial"] = Field(
+        "none",
+        description="radial: subtract each pattern's radial background (a low percentile of every 1-px ring about "
+        "the centre) before scaling, so the Lorentzian background and the (1 - w) contrast drop out.",
+    )
+    background_percentile: float = Field(
+        30.0, ge=0, le=100, description="radial: percentile of a ring taken as its background (disks cover < half)."
+    )
 
     @model_validator(mode="after")
     def _crop_order(self) -> PreprocessConfig:
@@ -275,6 +283,110 @@ class PruneConfig(Section):
     )
 
 
+class RobustnessConfig(Section):
+    """Train-noise x test-noise grid (``edgestem robustness``, SCIENCE.md section 6)."""
+
+    axis: Literal["background", "dose"] = Field(
+        "background", description="Noise axis: background weight w (Poisson at counts_per_probe) or dose (e-/pattern)."
+    )
+    train_levels: list[float] = Field(
+        [0.0, 0.1, 0.25, 0.5], description="One grid row per level: fresh noise at it on every training batch."
+    )
+    mixed: list[float] = Field(
+        [0.0, 0.1, 0.25, 0.5], description="Levels of the mixed-noise row (one drawn per batch); [] = no mixed row."
+    )
+    test_levels: list[float] = Field(
+        [0.0, 0.1, 0.25, 0.5], min_length=1, description="One grid column per level: a seeded noise draw of the scan."
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds of every row (error bars).")
+    counts_per_probe: float = Field(1e5, gt=0, description="background axis: electrons per pattern (Poisson draw).")
+    test_scan_seed: int | None = Field(
+        None,
+        description="None: test on the training scan with independent noise draws (a user maps the data the model "
+        "was fitted to); an int: simulate a separate test specimen with this seed.",
+    )
+    reference: str | None = Field(None, description="Reference region 'x0:x1,y0:y1' of the strain maps; None = all.")
+
+    @model_validator(mode="after")
+    def _some_row(self) -> RobustnessConfig:
+        if not self.train_levels and not self.mixed:
+            raise ValueError("give train_levels or mixed levels: the grid needs at least one training row")
+        return self
+
+
+class SearchParam(Section):
+    """One dimension of a sweep's search space."""
+
+    type: Literal["float", "int", "categorical"] = Field("float", description="Optuna distribution.")
+    low: float | None = Field(None, description="float/int: lower bound.")
+    high: float | None = Field(None, description="float/int: upper bound.")
+    log: bool = Field(False, description="float/int: sample on a log scale.")
+    choices: list[Any] | None = Field(None, description="categorical: the values (lists allowed, e.g. channels).")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs choices")
+        elif self.low is None or self.high is None or not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError("a float/int parameter needs low < high (low > 0 with log)")
+        return self
+
+
+def _default_space() -> dict[str, SearchParam]:
+    return {
+        "train.lr": SearchParam(type="float", low=1e-4, high=2e-3, log=True),
+        "train.batch_size": SearchParam(type="categorical", choices=[32, 64, 128]),
+        "seed": SearchParam(type="int", low=0, high=99),
+        "train.weight_decay": SearchParam(type="float", low=1e-7, high=1e-3, log=True),
+        "encoder_width": SearchParam(type="categorical", choices=[0.5, 1.0, 2.0]),
+        "encoder_depth": SearchParam(type="int", low=3, high=4),
+    }
+
+
+class SweepConfig(Section):
+    """Optuna hyper-parameter search (``edgestem sweep``) on the robustness study's data and noise axis."""
+
+    study_name: str = Field("edgestem-sweep", description="Optuna study name; workers with the same name share it.")
+    space: dict[str, SearchParam] = Field(
+        default_factory=_default_space,
+        description="Search space: dotted config key (or encoder_width, a factor on model.encoder.channels, and "
+        "encoder_depth, the number of conv blocks) -> {type, low, high, log, choices}.",
+    )
+    test_level: float = Field(0.25, ge=0, description="Objective: strain MAE at this test noise (robustness.axis).")
+    train_levels: list[float] | None = Field(
+        None, description="Training noise levels (one drawn per batch); None = [test_level]."
+    )
+    metric: Literal["strain", "exx", "eyy", "exy", "theta"] = Field(
+        "strain", description="Objective: strain = mean MAE of exx, eyy, exy (%); or one component."
+    )
+    pruner: Literal["median", "none"] = Field("median", description="Stop trials worse than the median at an epoch.")
+    pruner_startup_trials: int = Field(4, ge=0, description="Median pruner: complete trials before pruning starts.")
+    pruner_warmup_epochs: int = Field(2, ge=0, description="Median pruner: epochs of a trial before it can be pruned.")
+
+
+class PipelineConfig(Section):
+    """``edgestem run``: which optional steps run, firmware settings, the report's noise levels."""
+
+    prune: bool = Field(False, description="Run the prune step (on the QAT model) before export.")
+    export: bool = Field(True, description="Export the quantized encoder to QONNX (needed by firmware).")
+    firmware: list[Literal["hls4ml", "finn"]] = Field(["hls4ml"], description="Firmware backends to build.")
+    board: str = Field("zcu104", description="Board preset (configs/boards) or an FPGA part number.")
+    clock_ns: float | None = Field(None, gt=0, description="Target clock period, ns; None = the board's.")
+    io: Literal["stream", "parallel"] = Field("stream", description="hls4ml io_type (io_stream fits 64 x 64 inputs).")
+    reuse: int = Field(1, ge=1, description="hls4ml reuse factor.")
+    strategy: Literal["latency", "resource"] = Field("latency", description="hls4ml strategy.")
+    emulate: list[Literal["torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn"]] = Field(
+        ["hls4ml"], description="Backends the emulate step runs with --check on the training data."
+    )
+    report_noise_w: list[float] = Field(
+        [0.0, 0.1, 0.25, 0.5, 0.7], description="Background levels of the degradation report."
+    )
+    report_dose: list[float] = Field([], description="Doses (e-/pattern) of the degradation report.")
+    check_patterns: int = Field(64, ge=1, description="Patterns per level run through each emulated stage.")
+    baseline: bool = Field(True, description="Classical baseline in the report.")
+
+
 class Config(Section):
     """The whole edgestem configuration. Sections are added as pipeline stages land."""
 
@@ -287,6 +399,9 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     qat: QatConfig = Field(default_factory=QatConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

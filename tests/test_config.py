@@ -64,7 +64,8 @@ def test_preprocess_crop_validation():
 def test_shipped_configs_validate():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    # configs/detectors.yaml and configs/boards/ are links to the package's presets, not pipeline configs.
+    configs = [p for p in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")) if not p.is_symlink()]
     assert configs
     for p in configs:
         load_config(p)

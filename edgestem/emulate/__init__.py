@@ -10,6 +10,7 @@ Backends are registered by name in :data:`BACKENDS` (name -> module); each modul
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,21 +47,17 @@ def get_backend(name: str, run: str | Path, **options: Any) -> Backend:
     """Instantiate backend ``name`` for ``run`` (missing artifacts or tools: one-line errors)."""
     if name not in BACKENDS:
         raise EdgestemError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if importlib.util.find_spec(BACKENDS[name]) is None:
+        raise EdgestemError(f"backend {name!r} is not part of this edgestem installation; reinstall edgestem")
     module = importlib.import_module(BACKENDS[name])
     return module.Backend(Path(run), **options)
 
 
 def quantized_dir(run: str | Path) -> Path:
-    """The quantized model of a run: RUN/prune if it holds a quantized model, else RUN/qat."""
-    import torch
+    """The quantized model of a run: the one ``edgestem export`` exports (RUN/prune if quantized, else RUN/qat)."""
+    from edgestem.export.qonnx import find_source
 
-    run = Path(run)
-    pruned = run / "prune" / "checkpoint.pt"
-    if pruned.is_file() and torch.load(pruned, map_location="cpu", weights_only=False).get("quant"):
-        return run / "prune"
-    if (run / "qat" / "checkpoint.pt").is_file():
-        return run / "qat"
-    raise EdgestemError(f"{run}: no quantized model (RUN/qat/checkpoint.pt); run edgestem qat --run {run} first")
+    return find_source(run)[1]
 
 
 def first_mismatch(got: np.ndarray, ref: np.ndarray) -> tuple[int, int] | None:

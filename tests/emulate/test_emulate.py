@@ -92,3 +92,44 @@ def test_cli_emulate_without_qat_is_a_one_line_error(tmp_path, tiny_h5):
         text=True,
     )
     assert r.returncode == 2 and "run edgestem qat" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tiny_model_to_bit_exact_firmware_emulation(tiny_qat_run, tiny_h5, tmp_path):
+    """The CI proof: tiny model -> QAT -> QONNX -> hls4ml C++ -> emulate --check, bit-exact, every run."""
+    import shutil
+
+    from edgestem.export.qonnx import export_run
+    from edgestem.export.registry import build_firmware
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_qat_run, run)
+    export_run(run, patterns=8, data=tiny_h5)
+    build_firmware("hls4ml", run, patterns=8, data=tiny_h5)
+    for backend in ("qonnx", "hls4ml"):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgestem.cli",
+                "emulate",
+                "--run",
+                str(run),
+                "--backend",
+                backend,
+                "--data",
+                str(tiny_h5),
+                "--noise-w",
+                "0.25",
+                "--check",
+                "--out",
+                str(tmp_path / f"{backend}.h5"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        saved = json.loads((tmp_path / f"{backend}.h5.json").read_text())["metrics"]
+        assert saved["check"]["patterns"] == 64 and saved["check"]["mismatching_patterns"] == 0, backend
+    # The firmware's maps are the Brevitas model's maps: same outputs, same strain.
+    ref = emulate(run, "brevitas", tiny_h5, tmp_path / "b.h5", noise=noise_level(0.25, "w"))
+    assert json.loads((tmp_path / "hls4ml.h5.json").read_text())["metrics"]["mae"]["hls4ml"] == ref["mae"]["brevitas"]
