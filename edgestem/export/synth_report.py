@@ -8,6 +8,8 @@ Where reports are looked for (first found wins, per kind):
   hls4ml's own ``RUN/firmware/hls4ml/vivado_synth.rpt`` (utilisation only).
 - FINN estimates: ``RUN/firmware/finn/report/estimate_*.json``; FINN's own out-of-context result
   ``report/ooc_synth_and_timing.json``; Vivado from ``hw/``: ``RUN/hw/finn/{utilization,timing}_*.rpt``.
+- Open-source RTL (``edgestem firmware --backend rtl``): yosys counts ``RUN/firmware/rtl/yosys/yosys.json``
+  (written by ``--yosys``), latency from ``RUN/firmware/rtl/firmware.json``.
 """
 
 from __future__ import annotations
@@ -115,12 +117,32 @@ def collect(run: Path) -> dict[str, Any]:
         finn["vivado"] = viv
     if finn:
         found["finn"] = finn
+    rtl = _rtl(run)
+    if rtl is not None:
+        found["rtl"] = rtl
     if not found:
         raise DataError(
             f"no synthesis or estimate reports under {run}/firmware or {run}/hw: run scripts/synth.sh {run} "
             "(needs Vivado / Vitis HLS) or a FINN build with estimate reports into firmware/finn/report/"
         )
     return found
+
+
+def _rtl(run: Path) -> dict[str, Any] | None:
+    """yosys counts of the generated RTL and its latency (firmware.json), if ``--yosys`` ran."""
+    import json
+
+    out = run / "firmware" / "rtl"
+    stat = out / "yosys" / "yosys.json"
+    if not stat.is_file():
+        return None
+    fw = out / "firmware.json"
+    metrics = json.loads(fw.read_text())["metrics"] if fw.is_file() else {}
+    return {
+        "yosys": json.loads(stat.read_text()),
+        "latency_cycles": metrics.get("latency_cycles"),
+        "clock_ns": metrics.get("clock_ns"),
+    }
 
 
 def _parts(found: dict[str, Any]) -> list[str]:
@@ -227,6 +249,18 @@ def summarize(found: dict[str, Any], board: Board | None, board_is_explicit: boo
                 {},
             )
         )
+    rtl = found.get("rtl")
+    if rtl is not None:
+        y = rtl["yosys"]
+        row = _row(
+            "rtl",
+            f"yosys synth_xilinx ({y['family']})",
+            clock_ns=rtl["clock_ns"],
+            latency_cycles=rtl["latency_cycles"],
+            ii_cycles=rtl["latency_cycles"],  # layer-sequential: one pattern at a time
+            resources={k: y["resources"][k] for k in reports.RESOURCES},
+        )
+        rows.append((row, {}))
     for flow, data in (("hls4ml", hls), ("finn", finn)):
         if "vivado" not in data:
             continue
@@ -243,6 +277,11 @@ def summarize(found: dict[str, Any], board: Board | None, board_is_explicit: boo
         _util(row, available)
         out.append(row)
     return out
+
+
+def board_part(spec: str | None) -> str | None:
+    """The part of a ``--board`` value (preset, YAML or part), or None without one."""
+    return None if not spec else load_board(spec).part
 
 
 def _fmt(value: Any, spec: str = ",.0f") -> str:
@@ -277,12 +316,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def synth_report(run: Path, board: str | None = None, json_out: Path | None = None) -> dict[str, Any]:
-    """Collect, summarise and write ``json_out`` (default ``RUN/synth-report.json``); returns the report."""
+def synth_report(
+    run: Path, board: str | None = None, json_out: Path | None = None, yosys: bool = False
+) -> dict[str, Any]:
+    """Collect, summarise and write ``json_out`` (default ``RUN/synth-report.json``); returns the report.
+
+    ``yosys``: first synthesise the generated RTL (``RUN/firmware/rtl``) with yosys (:mod:`edgestem.export.yosys`).
+    """
     from edgestem.atomic import write_json
     from edgestem.runinfo import versions
 
     run = Path(run)
+    if yosys:
+        from edgestem.export.rtl import load_project
+        from edgestem.export.yosys import synthesize
+
+        rtl_dir, rtl_metrics = load_project(run)
+        synthesize(rtl_dir, part=board_part(board) or rtl_metrics.get("part"))
     found = collect(run)
     chosen, why = choose_board(run, found, board)
     result = {
