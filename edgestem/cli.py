@@ -673,7 +673,7 @@ def export(
 @_user_errors
 def firmware(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory with RUN/export/encoder.onnx (edgestem export)."),
-    backend: str = typer.Option("hls4ml", "--backend", help="Firmware backend (hls4ml)."),
+    backend: str = typer.Option("hls4ml", "--backend", help="Firmware backend: hls4ml, finn or rtl."),
     board: str = typer.Option("zcu104", "--board", help="Preset (zcu104, u250, pynq-z2), board YAML or AMD part."),
     clock_ns: float | None = typer.Option(None, "--clock-ns", help="Clock period in ns. [default: the board's]"),
     io: str = typer.Option("stream", "--io", help="stream (FIFOs between layers) or parallel (small inputs only)."),
@@ -682,22 +682,22 @@ def firmware(
     hls: str = typer.Option("vitis", "--hls", help="HLS tool the project is written for: vitis or vivado."),
     patterns: int = typer.Option(200, "--patterns", help="Patterns of the bit-exact check against Brevitas."),
     data: Path | None = typer.Option(None, "--data", "-d", help="Data for that check. [default: the run's]"),
+    target_fps: str | None = typer.Option(
+        None, "--target-fps", help="finn: frames/s to fold for (87000, 87k or a detector). [default: 4dcamera]"
+    ),
 ) -> None:
     """Firmware project from the exported encoder into RUN/firmware/<backend>/, C++ emulation checked bit-exact."""
     from edgestem.export.registry import build_firmware
 
-    m = build_firmware(
-        backend,
-        run,
-        board=board,
-        clock_ns=clock_ns,
-        io=io,
-        reuse=reuse,
-        strategy=strategy,
-        hls=hls,
-        patterns=patterns,
-        data=data,
-    )["metrics"]
+    if backend == "finn":  # FINN's folding target is not (yet) a field of the registry's FirmwareRequest
+        from edgestem.export.finn import build_finn
+
+        build = functools.partial(build_finn, target_fps=target_fps)
+    elif target_fps is not None:
+        raise EdgestemError(f"--target-fps: only --backend finn folds for a frame rate, not {backend}")
+    else:
+        build = functools.partial(build_firmware, backend, io=io, reuse=reuse, strategy=strategy, hls=hls)
+    m = build(run, board=board, clock_ns=clock_ns, patterns=patterns, data=data)["metrics"]
     total = sum(m.get("seconds", {}).values())
     where = f"{m['part']} at {m['clock_ns']:g} ns"
     typer.echo(f"wrote {m['project']['dir']}: {backend} project for {where} ({total:.0f} s)")
@@ -708,6 +708,10 @@ def firmware(
             f"{c['patterns']} patterns "
             f"bit-exact (max |diff| {c['max_abs_diff']:.3g}), {c['patterns_per_second']:.0f} patterns/s"
         )
+    if "estimate" in m:  # FINN: resources, frames/s and the target frame rate
+        from edgestem.export.finn import format_summary
+
+        typer.echo(format_summary(m, check=False))
 
 
 @app.command()

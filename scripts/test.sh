@@ -3,7 +3,7 @@
 # (e.g. scripts/test.sh -m slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-venv.sh .venv dev,io,fpga
+scripts/setup-venv.sh .venv dev,io,fpga,study,rtl
 .venv/bin/ruff check edgestem tests benchmarks
 set +e
 .venv/bin/python -m pytest -n auto "$@"

@@ -25,6 +25,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "edgestem.emulate.ort",  # the QCDQ export under ONNX Runtime
     "hls4ml": "edgestem.emulate.hls4ml_cpp",  # the compiled hls4ml firmware C++
     "finn": "edgestem.emulate.finn_exec",  # FINN's own execution, in its environment
+    "verilator": "edgestem.emulate.verilator_sim",  # the generated RTL (RUN/firmware/rtl/) under Verilator
 }
 
 

@@ -26,7 +26,7 @@ def _x(run, tiny_h5, n=16):
 
 
 def test_registry_lists_every_backend_and_rejects_unknown(tiny_qat_run):
-    assert {"torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn"} <= set(BACKENDS)
+    assert {"torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn", "verilator"} <= set(BACKENDS)
     with pytest.raises(EdgestemError, match="unknown backend 'verilog'"):
         get_backend("verilog", tiny_qat_run)
 
