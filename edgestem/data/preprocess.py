@@ -57,12 +57,30 @@ def geometry(pattern_shape: tuple[int, int], cfg: PreprocessConfig) -> Geometry:
     return Geometry(x0, x1, y0, y1, b)
 
 
+def radial_background(x: np.ndarray, percentile: float) -> np.ndarray:
+    """Per-pattern background of ``x`` (..., H, W): a percentile of every 1-px ring about the centre.
+
+    The Lorentzian background of the noise model is radial about the direct beam; Bragg disks cover
+    less than half of any ring, so a low percentile of a ring is its background.
+    """
+    h, w = x.shape[-2:]
+    ring = np.rint(np.hypot(*np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")))
+    ring = ring.astype(int).ravel()
+    flat = x.reshape(-1, h * w)
+    out = np.empty_like(flat)
+    for k in np.unique(ring):
+        sel = ring == k
+        out[:, sel] = np.percentile(flat[:, sel], percentile, axis=1)[:, None]
+    return out.reshape(x.shape)
+
+
 def preprocess(patterns: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Turn raw patterns ``(..., Qx, Qy)`` into model inputs ``(..., size, size)`` float32.
 
-    Steps, in order: crop (centred or ``cfg.crop``), bin by summing ``bin x bin`` blocks, scale
-    (linear, sqrt, log), normalise per pattern (mean -> 1, max -> 1, none). All-zero patterns stay
-    zero. Raises :class:`DataError` on NaN/inf or negative input.
+    Steps, in order: crop (centred or ``cfg.crop``), bin by summing ``bin x bin`` blocks, subtract
+    the radial background (``cfg.background``, clipped at zero), scale (linear, sqrt, log),
+    normalise per pattern (mean -> 1, max -> 1, none). All-zero patterns stay zero. Raises
+    :class:`DataError` on NaN/inf or negative input.
     """
     x = np.asarray(patterns)
     if x.ndim < 2:
@@ -80,6 +98,8 @@ def preprocess(patterns: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     if g.bin > 1:
         h, w = g.out_shape
         x = x.reshape(*x.shape[:-2], h, g.bin, w, g.bin).sum(axis=(-3, -1))
+    if cfg.background == "radial":
+        x = np.maximum(x - radial_background(x, cfg.background_percentile), 0.0)
     mean = x.mean(axis=(-2, -1), keepdims=True)
     safe_mean = np.where(mean > 0, mean, 1.0)
     if cfg.scale == "sqrt":

@@ -67,3 +67,21 @@ def test_zero_pattern_stays_zero_without_nan():
 def test_bad_input(bad, match):
     with pytest.raises(DataError, match=match):
         preprocess(bad, PreprocessConfig(size=64))
+
+
+def test_radial_background_removes_the_lorentzian_and_the_contrast_change():
+    from edgestem.config import load_config
+    from edgestem.data.noise import lorentzian_background
+    from edgestem.data.simulate import render_patterns
+    from edgestem.strain import deformation_gradient
+
+    lat = load_config(None).simulate.lattice
+    dp = render_patterns(deformation_gradient(0.01, -0.005, 0.002, 1.0)[None], lat, 64)
+    dp = dp / dp.sum()
+    noisy = 0.5 * dp + 0.5 * lorentzian_background(64, 2.0)  # w = 0.5, no shot noise
+    plain, radial = load_config(None).preprocess, load_config(None, {"preprocess.background": "radial"}).preprocess
+    inner = (slice(None), slice(8, 56), slice(8, 56))
+    off_plain = np.abs(preprocess(noisy, plain) - preprocess(dp, plain))[inner].mean()
+    off_radial = np.abs(preprocess(noisy, radial) - preprocess(dp, radial))[inner].mean()
+    assert off_radial < 0.2 * off_plain  # measured 0.12 vs 1.03
+    assert preprocess(noisy, radial).min() == 0.0
