@@ -26,6 +26,33 @@ def predict_affine(model: Any, x: np.ndarray, batch: int = 1024) -> np.ndarray:
     return np.concatenate(out)
 
 
+def score_patterns(
+    model: Any, x: np.ndarray, bases: dict[str, np.ndarray], loss_cfg: Any, batch: int = 256
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Affine maps (N, 2, 2) of inputs ``x`` and the mean loss against each base pattern set.
+
+    The encoder reads ``x`` (e.g. noisy patterns); each base (e.g. the same patterns without noise)
+    replaces what the loss compares with: ``warp(base, A)`` against the dictionary and
+    ``warp(D, A^-1)`` against the base. A base equal to ``x`` gives the ordinary loss.
+    """
+    from dataclasses import replace
+
+    from edgestem.model.ccstae import gaussian_blur, warp
+
+    model.eval()
+    A, sums = [], dict.fromkeys(bases, 0.0)
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))
+            out = model(xb)
+            A.append(out.A.double().numpy())
+            for name, base in bases.items():
+                target = gaussian_blur(torch.from_numpy(np.ascontiguousarray(base[i : i + batch])), model.smooth_px)
+                based = replace(out, target=target, aligned=warp(target, out.A, model.mode))
+                sums[name] += float(model.loss(xb, based, loss_cfg)["total"]) * len(xb)
+    return np.concatenate(A), {k: v / max(1, len(x)) for k, v in sums.items()}
+
+
 def maps_from_affine(
     A: np.ndarray, scan_shape: tuple[int, int], reference: str | np.ndarray | None, symmetry: str | None
 ) -> dict[str, np.ndarray]:

@@ -138,3 +138,83 @@ def plot_comparison(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], p
     if title:
         fig.suptitle(title + " (each map minus its mean)", fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_grid(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    rows: list[str],
+    cols: list[str],
+    path: Path,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Path:
+    """Heatmaps, one panel per metric: ``panels[name] = (mean, std)`` of shape (rows, cols), NaN = missing.
+
+    Colours on a log scale (errors span decades; dark = small), each cell annotated ``mean`` and
+    ``+-std`` (no colour bar: the numbers are in the cells).
+    """
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    n = len(panels)
+    fig, axes = plt.subplots(
+        1, n, figsize=(0.9 * len(cols) * n + 1.6 * n, 0.55 * len(rows) + 1.6), squeeze=False, layout="constrained"
+    )
+    for ax, (name, (mean, std)) in zip(axes[0], panels.items(), strict=True):
+        mean = np.asarray(mean, dtype=np.float64)
+        ok = np.isfinite(mean) & (mean > 0)
+        norm = LogNorm(vmin=mean[ok].min(), vmax=max(mean[ok].max(), mean[ok].min() * 1.01)) if ok.any() else None
+        ax.imshow(np.where(ok, mean, np.nan), cmap="viridis", norm=norm, aspect="auto")
+        for i in range(mean.shape[0]):
+            for j in range(mean.shape[1]):
+                if not np.isfinite(mean[i, j]):
+                    continue
+                text = f"{mean[i, j]:.3g}" + (f"\n+-{std[i, j]:.2g}" if np.isfinite(std[i, j]) else "")
+                dark = norm is not None and ok[i, j] and norm(mean[i, j]) < 0.5
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        ax.set_xticks(range(len(cols)), cols, fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_curves(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    path: Path,
+    xlabel: str,
+    log_x: bool = False,
+    title: str = "",
+) -> Path:
+    """Error vs a noise level, one panel per metric: ``panels[name][line] = (x, mean, std)`` (error bars).
+
+    A line named ``classical`` is drawn dashed in black (a reference method, not a training level).
+    """
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    plt = _pyplot()
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False, layout="constrained")
+    for ax, (name, lines) in zip(axes[0], panels.items(), strict=True):
+        for k, (label, (x, mean, std)) in enumerate(lines.items()):
+            style = {"color": "k", "ls": "--"} if label == "classical" else {"color": f"C{k}", "ls": "-"}
+            ax.errorbar(x, mean, yerr=std, marker="o", ms=3, capsize=3, label=label, **style)
+        if log_x:
+            ax.set_xscale("log")
+            ax.invert_xaxis()  # dose falls to the right: noise grows left to right on both axes
+        ax.set_yscale("log")
+        # Plain tick labels: the default mathtext ones (10^-1) cost seconds per figure to lay out.
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7, title="trained at", title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
