@@ -24,6 +24,7 @@ from edgestem.config import Config, NoiseConfig, load_config, save_config
 from edgestem.data.io import json_attr, open_4dstem
 from edgestem.data.noise import apply_noise
 from edgestem.data.preprocess import preprocess
+from edgestem.distributed import World
 from edgestem.errors import DataError, EdgestemError
 from edgestem.model.ccstae import CCSTAE, disk_mask
 from edgestem.model.encoder import LayerFactory, count_macs, count_parameters
@@ -253,10 +254,15 @@ def train(
     otherwise sum in a varying order, and the same config would not give the same weights (measured:
     no speed cost on this model).
     """
+    from edgestem.distributed import world
+
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(cfg, data_path, run_dir, resume=resume, dataset=dataset, progress=progress, stage=stage)
+        with world() as w:  # one process, or this one's rank under torchrun (docs/training.md)
+            return _train(
+                cfg, data_path, run_dir, resume=resume, dataset=dataset, progress=progress, stage=stage, world=w
+            )
     finally:
         torch.use_deterministic_algorithms(previous)
 
@@ -270,6 +276,7 @@ def _train(
     dataset: str | None,
     progress: Callable[[str, int, int, float], None] | None,
     stage: Stage | None,
+    world: World,
 ) -> dict[str, Any]:
     from edgestem.atomic import write_json
     from edgestem.runinfo import machine, versions
@@ -321,9 +328,14 @@ def _train(
         optim.load_state_dict(state["optim"])
         history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
     run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    if world.writer:
+        save_config(cfg, run / "config.yaml")
 
     n_batches = max(1, int(np.ceil(len(train_idx) / cfg.train.batch_size)))
+    if world.size > 1:
+        world.check_batches(
+            [min(cfg.train.batch_size, len(train_idx) - b * cfg.train.batch_size) for b in (0, n_batches - 1)]
+        )
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         if stage is not None and stage.on_epoch is not None:
@@ -337,16 +349,24 @@ def _train(
                 xb = torch.from_numpy(_augment(data.raw[idx], cfg, _rng(cfg.seed, _AUGMENT, epoch, b)))
             else:
                 xb = torch.from_numpy(data.x[idx])
+            if world.size > 1:  # data-parallel: this rank's shard of the batch
+                xb = xb[world.shard(len(xb))]
             terms = model.loss(xb, model(xb), cfg.loss)
-            loss = terms["total"]
+            loss = local = terms["total"]
             if cfg.train.l1_weight:
-                loss = loss + cfg.train.l1_weight * sum(p.abs().sum() for p in enc_params)
+                loss = local = loss + cfg.train.l1_weight * sum(p.abs().sum() for p in enc_params)
+            if world.size > 1:  # the whole batch's loss, for the check and the log
+                loss, terms = world.reduce(local, terms, len(xb) / len(idx))
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became NaN/infinite at epoch {epoch + 1}, batch {b + 1}; lower train.lr and retrain"
                 )
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.size > 1:  # each rank's share of the batch mean; summed, the whole batch's gradient
+                (local * (len(xb) / len(idx))).backward()
+                world.sync_grads(model)
+            else:
+                loss.backward()
             optim.step()
             if stage is not None and stage.after_step is not None:
                 stage.after_step(model)
@@ -354,6 +374,8 @@ def _train(
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if progress is not None:
                 progress("train", epoch * n_batches + b + 1, cfg.train.epochs * n_batches, float(loss))
+        if world.size > 1:
+            world.sync_buffers(model)
         entry = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}}
         if len(val_idx):
             entry.update({f"val_{k}": v for k, v in evaluate_loss(model, data.x[val_idx], cfg).items()})
@@ -361,6 +383,8 @@ def _train(
         elapsed += time.perf_counter() - t0
         entry["seconds"] = round(elapsed, 2)
         history.append(entry)
+        if not world.writer:
+            continue
         _save_checkpoint(
             ckpt_path,
             {
@@ -398,7 +422,8 @@ def _train(
         "versions": versions(),
         "machine": machine(),
     }
-    write_json(run / "train.json", report)
+    if world.writer:
+        write_json(run / "train.json", report)
     return report
 
 
