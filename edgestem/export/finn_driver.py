@@ -410,7 +410,9 @@ def quantize_input(x, spec):
 
     if not spec.get("integer"):
         return np.asarray(x, dtype=np.float32)
-    codes = np.clip(np.rint(np.asarray(x, dtype=np.float64) / spec["scale"]), spec["min"], spec["max"])
+    rounding = {"ROUND": np.rint, "FLOOR": np.floor, "CEIL": np.ceil, "ROUND_TO_ZERO": np.trunc}
+    rnd = rounding[spec.get("rounding", "ROUND").upper()]  # QONNX's modes; ROUND is half to even
+    codes = np.clip(rnd(np.asarray(x, dtype=np.float64) / spec["scale"]), spec["min"], spec["max"])
     return codes.astype(np.float32)
 
 
