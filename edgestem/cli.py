@@ -689,15 +689,21 @@ def firmware(
     """Firmware project from the exported encoder into RUN/firmware/<backend>/, C++ emulation checked bit-exact."""
     from edgestem.export.registry import build_firmware
 
-    if backend == "finn":  # FINN's folding target is not (yet) a field of the registry's FirmwareRequest
-        from edgestem.export.finn import build_finn
-
-        build = functools.partial(build_finn, target_fps=target_fps)
-    elif target_fps is not None:
+    if target_fps is not None and backend != "finn":
         raise EdgestemError(f"--target-fps: only --backend finn folds for a frame rate, not {backend}")
-    else:
-        build = functools.partial(build_firmware, backend, io=io, reuse=reuse, strategy=strategy, hls=hls)
-    m = build(run, board=board, clock_ns=clock_ns, patterns=patterns, data=data)["metrics"]
+    m = build_firmware(
+        backend,
+        run,
+        board=board,
+        clock_ns=clock_ns,
+        io=io,
+        reuse=reuse,
+        strategy=strategy,
+        hls=hls,
+        patterns=patterns,
+        data=data,
+        target_fps=target_fps,
+    )["metrics"]
     total = sum(m.get("seconds", {}).values())
     where = f"{m['part']} at {m['clock_ns']:g} ns"
     typer.echo(f"wrote {m['project']['dir']}: {backend} project for {where} ({total:.0f} s)")

@@ -42,7 +42,7 @@ import numpy as np
 
 from edgestem.errors import ConfigError, EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, register
+from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, clear_project, register
 
 BACKEND = "finn"
 DRIVER = Path(__file__).with_name("finn_driver.py")
@@ -298,26 +298,6 @@ def summarize(
 # --- build --------------------------------------------------------------------------------------
 
 
-def _clear(out: Path) -> None:
-    """Remove an earlier build: its firmware.json first, so an interruption never leaves a trusted one."""
-    (out / REPORT_FILE).unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-
-
-def _exported(run: Path) -> tuple[Path, dict[str, Any]]:
-    """The exported NCHW QONNX file and its export report; error if missing."""
-    path = run / qx.EXPORT_DIR / qx.NCHW_FILE
-    report = run / qx.EXPORT_DIR / qx.REPORT_FILE
-    if not path.is_file() or not report.is_file():
-        raise EdgestemError(f"{run}: no exported encoder ({path}); run edgestem export --run {run} first")
-    try:
-        return path, json.loads(report.read_text())["metrics"]
-    except (ValueError, KeyError):
-        raise EdgestemError(f"{report}: unreadable export report; run edgestem export --run {run} again") from None
-
-
 def execute(build_dir: Path, x: np.ndarray) -> np.ndarray:
     """FINN's Python execution of a build's ``emulation.onnx`` on patterns ``(N, 1, H, W)``: outputs ``(N, K)``."""
     build_dir = Path(build_dir)
@@ -341,7 +321,7 @@ def execute(build_dir: Path, x: np.ndarray) -> np.ndarray:
 @register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """FINN build of a run: estimates and generated code (Vivado steps if available); returns ``firmware.json``."""
-    return build_request(req, target_fps=getattr(req, "target_fps", None))
+    return build_request(req, target_fps=req.target_fps)
 
 
 def build_finn(
@@ -380,17 +360,14 @@ def build_request(
     fps = resolve_target_fps(target_fps)
     finn_python()  # fail before touching anything when FINN is not there
     run = Path(req.run)
-    onnx_path, exported = _exported(run)
+    onnx_path, exported, q = qx.exported(run, qx.NCHW_FILE)
     src = exported["source"]
-    q = qx.load_checkpoint_dir(Path(src["run"]), src["stage"])
-    if q.sha256 != src["sha256"]:
-        raise EdgestemError(f"{onnx_path} is older than {src['checkpoint']}; run edgestem export --run {run} again")
     missing_vivado = vivado()
     conf = build_config(
         req.board.part, req.clock_ns, fps, with_vivado=missing_vivado is None, tie_rounding=tie_rounding
     )
     out = req.out_dir(BACKEND)
-    _clear(out)
+    clear_project(out)
     config_path, log = out / CONFIG_FILE, out / LOG_FILE
     write_json(config_path, conf)
     t = time.perf_counter()

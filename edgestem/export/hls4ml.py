@@ -35,7 +35,7 @@ import numpy as np
 
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, register
+from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, clear_project, register
 
 BACKEND = "hls4ml"
 PROJECT = "encoder"  # hls4ml project name = HLS top function
@@ -155,26 +155,6 @@ def _quiet(fn: Callable[[], Any], log: list[str]) -> Any:
         log.append(buf.getvalue())
 
 
-def _clear(out: Path) -> None:
-    """Remove an earlier project: its firmware.json first, so an interruption never leaves a trusted one."""
-    (out / REPORT_FILE).unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-
-
-def _exported(run: Path) -> tuple[Path, dict[str, Any]]:
-    """The exported QONNX file and its export report; error if missing or older than the checkpoint."""
-    path = run / qx.EXPORT_DIR / qx.ONNX_FILE
-    report = run / qx.EXPORT_DIR / qx.REPORT_FILE
-    if not path.is_file() or not report.is_file():
-        raise EdgestemError(f"{run}: no exported encoder ({path}); run edgestem export --run {run} first")
-    try:
-        return path, json.loads(report.read_text())["metrics"]
-    except (ValueError, KeyError):
-        raise EdgestemError(f"{report}: unreadable export report; run edgestem export --run {run} again") from None
-
-
 @register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """Write, compile and check the hls4ml project of a run; returns the ``firmware.json`` report."""
@@ -188,11 +168,8 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
             "g++ not found: install a C++ compiler (e.g. apt-get install g++) to compile the hls4ml emulation"
         )
     run = Path(req.run)
-    onnx_path, exported = _exported(run)
+    onnx_path, exported, q = qx.exported(run, qx.ONNX_FILE)
     src = exported["source"]
-    q = qx.load_checkpoint_dir(run / src["dir"], src["stage"])
-    if q.sha256 != src["sha256"]:
-        raise EdgestemError(f"{onnx_path} is older than {src['checkpoint']}; run edgestem export --run {run} again")
     from qonnx.core.modelwrapper import ModelWrapper
 
     model = ModelWrapper(str(onnx_path))
@@ -203,7 +180,7 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
     log: list[str] = []
     hls_config = _quiet(lambda: _hls_config(hls4ml, model, req, backend), log)
     out = req.out_dir(BACKEND)
-    _clear(out)
+    clear_project(out)
     convert_args = {
         "output_dir": str(out),
         "project_name": PROJECT,

@@ -25,6 +25,7 @@ power-of-two scale and a zero zero-point: only such fixed-point graphs map bit-e
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import warnings
@@ -485,6 +486,28 @@ def save_model(model: Any, path: Path) -> None:
 
 
 # --- the stage ---------------------------------------------------------------------------------
+
+
+def exported(run: str | Path, filename: str = ONNX_FILE) -> tuple[Path, dict[str, Any], QuantizedRun]:
+    """An exported graph of a run, its export report's metrics and the quantized model it came from.
+
+    For the firmware backends: a missing export, an unreadable report or an export older than its
+    checkpoint (the checkpoint's hash changed) is a one-line error saying to export again.
+    """
+    run = Path(run)
+    path = run / EXPORT_DIR / filename
+    report = run / EXPORT_DIR / REPORT_FILE
+    if not path.is_file() or not report.is_file():
+        raise EdgestemError(f"{run}: no exported encoder ({path}); run edgestem export --run {run} first")
+    try:
+        metrics = json.loads(report.read_text())["metrics"]
+        src = metrics["source"]
+    except (ValueError, KeyError):
+        raise EdgestemError(f"{report}: unreadable export report; run edgestem export --run {run} again") from None
+    q = load_checkpoint_dir(run / src["dir"], src["stage"])
+    if q.sha256 != src["sha256"]:
+        raise EdgestemError(f"{path} is older than {src['checkpoint']}; run edgestem export --run {run} again")
+    return path, metrics, q
 
 
 def export_run(

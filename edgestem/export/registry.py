@@ -45,6 +45,7 @@ class FirmwareRequest:
     hls: str = "vitis"  # HLS tool the project is written for
     patterns: int = 200  # patterns for the bit-exact check against Brevitas
     data: Path | None = None  # data for that check; None: the run's own
+    target_fps: float | str | None = None  # FINN: frames/s to fold for (a number, "87k" or a detector name)
 
     def __post_init__(self) -> None:
         checks = (
@@ -61,6 +62,16 @@ class FirmwareRequest:
 
     def out_dir(self, backend: str) -> Path:
         return Path(self.run) / FIRMWARE_DIR / backend
+
+
+def clear_project(out: Path) -> None:
+    """Remove an earlier project: its firmware.json first, so an interruption never leaves a trusted one."""
+    import shutil
+
+    (out / REPORT_FILE).unlink(missing_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
 
 
 Builder = Callable[[FirmwareRequest], dict[str, Any]]
@@ -117,6 +128,7 @@ def build_firmware(
     hls: str = "vitis",
     patterns: int = 200,
     data: str | Path | None = None,
+    target_fps: float | str | None = None,
 ) -> dict[str, Any]:
     """Build firmware for ``run`` with backend ``backend``; returns its ``firmware.json`` report.
 
@@ -137,6 +149,7 @@ def build_firmware(
         hls=hls,
         patterns=patterns,
         data=None if data is None else Path(data),
+        target_fps=target_fps,
     )
     return builder(request)
 

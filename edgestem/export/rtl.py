@@ -36,18 +36,6 @@ SIM_MAIN = "sim_main.cpp"
 NET_FILE = "intnet.json"
 
 
-def _exported(run: Path) -> tuple[Path, dict[str, Any]]:
-    """The exported NCHW QONNX file and the export report; error if missing."""
-    path = run / qx.EXPORT_DIR / qx.NCHW_FILE
-    report = run / qx.EXPORT_DIR / qx.REPORT_FILE
-    if not path.is_file() or not report.is_file():
-        raise EdgestemError(f"{run}: no exported encoder ({path}); run edgestem export --run {run} first")
-    try:
-        return path, json.loads(report.read_text())["metrics"]
-    except (ValueError, KeyError):
-        raise EdgestemError(f"{report}: unreadable export report; run edgestem export --run {run} again") from None
-
-
 def write_project(net: Any, out: Path) -> dict[str, str]:
     """Write the Verilog, testbench, Verilator driver and layer summary of ``net`` into ``out``."""
     from edgestem.atomic import write_json, write_text
@@ -95,11 +83,8 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     run = Path(req.run)
-    onnx_path, exported = _exported(run)
+    onnx_path, exported, q = qx.exported(run, qx.NCHW_FILE)
     src = exported["source"]
-    q = qx.load_checkpoint_dir(Path(src["run"]), src["stage"])
-    if q.sha256 != src["sha256"]:
-        raise EdgestemError(f"{onnx_path} is older than {src['checkpoint']}; run edgestem export --run {run} again")
     qx.require("onnx")
     t = time.perf_counter()
     net = intnet.load(onnx_path)
