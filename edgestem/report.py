@@ -158,10 +158,18 @@ def plot_grid(
 
     plt = _pyplot()
     n = len(panels)
+    ncols = min(3, n)
+    nrows = -(-n // ncols)
     fig, axes = plt.subplots(
-        1, n, figsize=(0.9 * len(cols) * n + 1.6 * n, 0.55 * len(rows) + 1.6), squeeze=False, layout="constrained"
+        nrows,
+        ncols,
+        figsize=((0.9 * len(cols) + 1.6) * ncols, (0.55 * len(rows) + 1.4) * nrows),
+        squeeze=False,
+        layout="constrained",
     )
-    for ax, (name, (mean, std)) in zip(axes[0], panels.items(), strict=True):
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (name, (mean, std)) in zip(axes.flat, panels.items(), strict=False):
         mean = np.asarray(mean, dtype=np.float64)
         ok = np.isfinite(mean) & (mean > 0)
         norm = LogNorm(vmin=mean[ok].min(), vmax=max(mean[ok].max(), mean[ok].min() * 1.01)) if ok.any() else None
@@ -214,7 +222,9 @@ def plot_curves(
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=7, title="trained at", title_fontsize=7)
+    fullest = max(range(n), key=lambda k: len(list(panels.values())[k]))  # its lines name every row
+    handles, labels = axes[0][fullest].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="trained at", title_fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

@@ -47,6 +47,14 @@ BASES = ("noise-free", "same-noise")
 COLUMNS = ("axis", "method", "train", "test", "seed", "base", "metric", "unit", "value", "status", "error")
 STRAIN = ("exx", "eyy", "exy")
 _TEST_NOISE_STREAM = 21  # seeds of the test columns' noise draws, derived from the config seed
+# The config sections a study's numbers depend on (a resumed study must match them; qat:,
+# export settings and the like may change in between).
+STUDY_SECTIONS = ("seed", "simulate", "preprocess", "model", "loss", "train", "robustness")
+
+
+def study_fields(cfg: Config, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The parts of ``cfg`` a study's results depend on, as JSON-able data."""
+    return cfg.model_dump(mode="json", include={*STUDY_SECTIONS, *extra})
 
 
 def level_name(level: float) -> str:
@@ -412,7 +420,7 @@ def run_study(cfg: Config, out: str | Path, resume: bool = False, log: Callable[
             raise EdgestemError(
                 f"{out} already holds a robustness study; add --resume to continue it or choose another --out"
             )
-        if load_config(saved).model_dump() != cfg.model_dump():
+        if study_fields(load_config(saved)) != study_fields(cfg):
             raise EdgestemError(f"{out} holds a study with another config ({saved}); resume it with that config")
     elif resume:
         raise EdgestemError(f"{out}: nothing to resume (no study.yaml); start without --resume")

@@ -169,7 +169,10 @@ def open_study(cfg: Config, storage: str) -> Any:
         pruner=pruner,
         load_if_exists=True,
     )
-    digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    from edgestem.robustness import study_fields
+
+    fields = study_fields(cfg, extra=("sweep",))
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     if "config" not in study.user_attrs:
         study.set_user_attr("config", digest)
         study.set_user_attr("config_yaml", _yaml(cfg))
