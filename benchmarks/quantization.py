@@ -43,10 +43,10 @@ def base_overrides(quick: bool, seed: int) -> dict[str, Any]:
         "simulate.scan": 24 if quick else 32,
         "simulate.specimen.kind": "polycrystal",
         "simulate.specimen.n_grains": 6,
-        "train.epochs": 12 if quick else 30,
-        "qat.epochs": 4 if quick else 10,
-        "prune.epochs": 3 if quick else 6,
-        "prune.steps": 3,
+        "train.epochs": 15 if quick else 30,
+        "qat.epochs": 5 if quick else 10,
+        "prune.epochs": 4 if quick else 6,
+        "prune.steps": 2 if quick else 3,
     }
 
 
@@ -172,6 +172,8 @@ def main() -> None:
                 print(f"w = {w:g} ...", flush=True)
                 levels.append(level(w, Path(tmp), overrides, bits, sparsity))
                 print({k: round(v["strain"], 3) for k, v in levels[-1]["ratio_to_float"].items()}, flush=True)
+                # Partial results after every level: a long run that is stopped still leaves its numbers.
+                write_json(args.out.with_suffix(".partial.json"), {"overrides": overrides, "levels": levels})
         result = {
             "benchmark": "quantization",
             "quick": args.quick,
