@@ -85,3 +85,10 @@ def test_two_workers_share_one_sqlite_study_and_lose_no_trial(tmp_path):
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
     # seeded by trial number: the two workers did not suggest the same parameters
     assert len({str(sorted(t.params.items())) for t in trials}) == 4
+
+
+def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    cfg = quick(**{"sweep.space": {"train.lr": {"type": "float", "low": 1e5, "high": 1e6}}})
+    res = run_sweep(cfg, str(tmp_path / "s.db"), 2, log=quiet)
+    assert res["trials"] == {"fail": 2} and res["best"] is None
+    assert all("lower train.lr" in t["error"] for t in res["all"])
