@@ -339,6 +339,7 @@ def _default_space() -> dict[str, SearchParam]:
         "train.batch_size": SearchParam(type="categorical", choices=[32, 64, 128]),
         "seed": SearchParam(type="int", low=0, high=99),
         "train.weight_decay": SearchParam(type="float", low=1e-7, high=1e-3, log=True),
+        "train.l1_weight": SearchParam(type="float", low=1e-9, high=1e-5, log=True),
         "encoder_width": SearchParam(type="categorical", choices=[0.5, 1.0, 2.0]),
         "encoder_depth": SearchParam(type="int", low=3, high=4),
     }
