@@ -46,10 +46,12 @@ def _train_data(out: Path) -> Path:
 
 
 def _simulate(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
+    from edgestem.config import NoiseConfig
     from edgestem.data.simulate import simulate_to_file
 
     _clean(out).parent.mkdir(parents=True, exist_ok=True)
-    simulate_to_file(cfg, _clean(out))
+    # The clean scan: the config's noise is the next step's (simulate_to_file would apply it here too).
+    simulate_to_file(cfg.model_copy(update={"noise": NoiseConfig(model="none")}), _clean(out))
     return {"clean_data": str(_clean(out))}
 
 

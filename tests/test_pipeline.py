@@ -80,3 +80,21 @@ def test_interrupted_step_resumes(tmp_path):
 def test_unknown_step_is_an_error(tmp_path):
     with pytest.raises(EdgestemError, match="unknown step 'synth'"):
         run_pipeline(load_config(None, SMALL), tmp_path, only=["synth"])
+
+
+def test_clean_data_is_clean_and_noise_is_drawn_once(tmp_path):
+    import numpy as np
+
+    from edgestem.data.io import open_4dstem
+
+    cfg = load_config(None, SMALL)
+    run_pipeline(cfg, tmp_path / "p", only=["simulate", "noise"], echo=lambda s: None)
+    with open_4dstem(tmp_path / "p" / "data" / "clean.h5") as ds:
+        clean = np.concatenate([b for _, b in ds.iter_rows()])
+    with open_4dstem(tmp_path / "p" / "data" / "train.h5") as ds:
+        noisy = np.concatenate([b for _, b in ds.iter_rows()])
+    # Noise-free simulated patterns are smooth and never exactly zero-count quantised; the training
+    # data holds Poisson counts at counts_per_probe: multiples of 1 / counts_per_probe.
+    counts = noisy * cfg.noise.counts_per_probe
+    assert np.allclose(counts, np.round(counts), atol=1e-3)
+    assert not np.allclose(clean * cfg.noise.counts_per_probe, np.round(clean * cfg.noise.counts_per_probe), atol=1e-3)
