@@ -23,15 +23,17 @@ def quick(**overrides):
     return load_config(QUICK, overrides)
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The quick study (3 rows x 2 seeds x 2 test levels), run once."""
-    out = tmp_path_factory.mktemp("study") / "s"
-    return out, run_study(quick(), out, log=lambda line: None)
+def test_quick_study(tmp_path):
+    """The quick study (3 rows x 2 seeds x 2 test levels), run once (one test: under pytest-xdist a
+    module fixture would run once per worker)."""
+    out = tmp_path / "s"
+    res = run_study(quick(), out, log=lambda line: None)
+    check_table(out, res)
+    check_grid(res)
+    check_losses(out, res)
 
 
-def test_table_has_a_row_per_cell_base_and_metric(study):
-    out, res = study
+def check_table(out, res):
     cfg = quick()
     rows = list(csv.DictReader((out / "results.csv").open()))
     n_cells = len(training_rows(cfg.robustness)) * len(cfg.robustness.seeds)
@@ -51,8 +53,8 @@ def test_table_has_a_row_per_cell_base_and_metric(study):
     assert "mixed_beats_every_single_level" in report["metrics"]["findings"]
 
 
-def test_grid_means_and_errors_over_seeds(study):
-    _, res = study
+def check_grid(res):
+    """Means and sample standard deviations over seeds."""
     g = res["grids"]["noise-free"]["exx"]
     assert g["rows"] == ["0", "0.5", "mixed", "classical"] and g["cols"] == ["0", "0.5"]
     values = [
@@ -67,8 +69,8 @@ def test_grid_means_and_errors_over_seeds(study):
     assert "classical" not in res["grids"]["same-noise"]["loss"]["rows"]
 
 
-def test_the_same_noise_loss_is_the_training_loss_on_the_test_patterns(study):
-    out, res = study
+def check_losses(out, res):
+    """The same-noise loss is the training loss on the test patterns."""
     from edgestem.evaluate import score_patterns
     from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
 
