@@ -727,7 +727,9 @@ def sweep(
     storage: str = typer.Option(
         "sweep.db", "--storage", help="Database URL Optuna accepts, or a file path for SQLite (embedded)."
     ),
-    n_trials: int = typer.Option(..., "--n-trials", "-n", min=1, help="Trials this worker runs (workers add up)."),
+    n_trials: int = typer.Option(
+        ..., "--n-trials", "-n", min=0, help="Trials this worker runs (workers add up; 0: only --report)."
+    ),
     report: Path | None = typer.Option(None, "--report", help="Write Optuna's plots and sweep.json here."),
     workdir: Path | None = typer.Option(None, "--workdir", help="Data and trial runs here. [default: a temp dir]"),
 ) -> None:

@@ -208,7 +208,7 @@ def run_sweep(
     workdir: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """``edgestem sweep``: run ``n_trials`` trials in this worker, then (``report``) write plots and a summary."""
+    """``edgestem sweep``: run ``n_trials`` trials in this worker (0: none), then (``report``) plots and a summary."""
     from edgestem.robustness import check_levels, prepare_data
     from edgestem.train import Stage, TrainingError, build_model, load_checkpoint, model_from_checkpoint, train
 
@@ -223,7 +223,7 @@ def run_sweep(
     dcfg = cfg.model_copy(update={"robustness": rc})
     tmp = tempfile.TemporaryDirectory(prefix="edgestem-sweep-") if workdir is None else None
     work = Path(tmp.name if tmp else workdir)
-    data = prepare_data(dcfg, work / "data", log)
+    data = prepare_data(dcfg, work / "data", log) if n_trials else None  # 0 trials: only the report
 
     def objective(trial: Any) -> float:
         from edgestem.robustness import cell_config

@@ -52,6 +52,9 @@ def test_sweep_runs_trials_and_writes_a_report(tmp_path):
     # the same study, continued by another call: trials add up
     res = run_sweep(quick(), str(tmp_path / "s.db"), 1, log=quiet)
     assert res["trials"] == {"complete": 3}
+    # no trial: only the report of the study as it stands
+    res = run_sweep(quick(), str(tmp_path / "s.db"), 0, report=tmp_path / "rep0", log=quiet)
+    assert res["trials"] == {"complete": 3} and (tmp_path / "rep0" / "sweep-importance.png").is_file()
 
 
 def test_bad_trials_are_pruned(tmp_path):
