@@ -42,7 +42,13 @@ import numpy as np
 
 from edgestem.errors import ConfigError, EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, clear_project, register
+from edgestem.export.registry import (
+    FirmwareMismatch,
+    FirmwareRequest,
+    clear_project,
+    register,
+    write_firmware_report,
+)
 
 BACKEND = "finn"
 DRIVER = Path(__file__).with_name("finn_driver.py")
@@ -354,7 +360,6 @@ def build_request(
     """Run the FINN build of ``req.run`` into ``RUN/firmware/finn/``, check its execution, write ``firmware.json``."""
     from edgestem.atomic import write_json
     from edgestem.export.reports import parse_finn_estimates
-    from edgestem.runinfo import stage_report
 
     t0 = time.perf_counter()
     fps = resolve_target_fps(target_fps)
@@ -420,15 +425,7 @@ def build_request(
         "check_label": "FINN Python execution",
         "bit_exact": check,
     }
-    report = stage_report(
-        "firmware",
-        inputs={"run": run, "onnx": onnx_path, "data": str(req.data or q.state["data"]["path"])},
-        outputs={"project": out, "firmware": out / REPORT_FILE},
-        config=q.cfg,
-        metrics=metrics,
-        started=t0,
-    )
-    write_json(out / REPORT_FILE, report)
+    report = write_firmware_report(req, out, onnx_path, q, metrics, t0)
     if check["exact_expected"] and not check["exact"]:
         raise FirmwareMismatch(
             qx.mismatch_message(f"FINN's execution of {out / 'emulation.onnx'}", check) + "; see firmware.json"

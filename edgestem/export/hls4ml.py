@@ -35,7 +35,14 @@ import numpy as np
 
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, clear_project, register
+from edgestem.export.registry import (
+    REPORT_FILE,
+    FirmwareMismatch,
+    FirmwareRequest,
+    clear_project,
+    register,
+    write_firmware_report,
+)
 
 BACKEND = "hls4ml"
 PROJECT = "encoder"  # hls4ml project name = HLS top function
@@ -158,8 +165,7 @@ def _quiet(fn: Callable[[], Any], log: list[str]) -> Any:
 @register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """Write, compile and check the hls4ml project of a run; returns the ``firmware.json`` report."""
-    from edgestem.atomic import write_json, write_text
-    from edgestem.runinfo import stage_report
+    from edgestem.atomic import write_text
 
     t0 = time.perf_counter()
     hls4ml = qx.require("hls4ml")
@@ -261,15 +267,7 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
         },
         "bit_exact": check,
     }
-    report = stage_report(
-        "firmware",
-        inputs={"run": run, "onnx": onnx_path, "data": str(req.data or q.state["data"]["path"])},
-        outputs={"project": out, "firmware": out / REPORT_FILE},
-        config=q.cfg,
-        metrics=metrics,
-        started=t0,
-    )
-    write_json(out / REPORT_FILE, report)
+    report = write_firmware_report(req, out, onnx_path, q, metrics, t0)
     if not check["exact"]:
         raise FirmwareMismatch(qx.mismatch_message(f"the hls4ml C++ emulation in {out}", check) + "; see firmware.json")
     return report

@@ -74,6 +74,25 @@ def clear_project(out: Path) -> None:
     out.mkdir(parents=True)
 
 
+def write_firmware_report(
+    req: FirmwareRequest, out: Path, onnx_path: Path, q: Any, metrics: dict[str, Any], started: float
+) -> dict[str, Any]:
+    """Write ``out/firmware.json`` (the stage report every backend writes last) and return it."""
+    from edgestem.atomic import write_json
+    from edgestem.runinfo import stage_report
+
+    report = stage_report(
+        "firmware",
+        inputs={"run": req.run, "onnx": onnx_path, "data": str(req.data or q.state["data"]["path"])},
+        outputs={"project": out, "firmware": out / REPORT_FILE},
+        config=q.cfg,
+        metrics=metrics,
+        started=started,
+    )
+    write_json(out / REPORT_FILE, report)
+    return report
+
+
 Builder = Callable[[FirmwareRequest], dict[str, Any]]
 _BUILDERS: dict[str, Builder] = {}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

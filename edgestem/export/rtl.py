@@ -27,7 +27,7 @@ import numpy as np
 
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, register
+from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, register, write_firmware_report
 
 BACKEND = "rtl"
 DESIGN = "encoder.v"
@@ -77,9 +77,7 @@ def simulate_project(out: Path, net: Any, xq: np.ndarray, build: bool = True) ->
 @register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """Generate the RTL of a run, check it against Brevitas (integer model; Verilator when installed)."""
-    from edgestem.atomic import write_json
     from edgestem.export import intnet, rtlsim, verilog
-    from edgestem.runinfo import stage_report
 
     t0 = time.perf_counter()
     run = Path(req.run)
@@ -146,15 +144,7 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
         "bit_exact": headline,
         "checks": checks,
     }
-    report = stage_report(
-        "firmware",
-        inputs={"run": run, "onnx": onnx_path, "data": str(req.data or q.state["data"]["path"])},
-        outputs={"project": out, "firmware": out / REPORT_FILE},
-        config=q.cfg,
-        metrics=metrics,
-        started=t0,
-    )
-    write_json(out / REPORT_FILE, report)
+    report = write_firmware_report(req, out, onnx_path, q, metrics, t0)
     for what, res in checks.items():
         if "exact" in res and not res["exact"]:
             label = "the integer model of the RTL" if what == "integer_model" else f"the Verilator simulation of {out}"
