@@ -239,6 +239,8 @@ def train(
     # Resuming without --config continues with the run's own resolved config.
     saved = out / "config.yaml"
     cfg = load_config(saved if resume and config is None and saved.is_file() else config, overrides)
+    if epochs is not None:  # --epochs replaces a budget in steps
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": None})})
     report = _with_bar(
         "training", quiet, lambda cb: train_run(cfg, data, out, resume=resume, dataset=dataset, progress=cb)
     )
@@ -248,6 +250,25 @@ def train(
         f"trained {out}: {report['epochs']} epochs in {report['seconds']:.0f} s, "
         f"train loss {last['train_total']:.4g}{val}; encoder {report['encoder']['parameters']} parameters"
     )
+    _warn_still_learning(report, f"edgestem train --data {data} --out {out} --resume --epochs N")
+
+
+_PARAM_NAMES = {"sx": "exx (sx)", "sy": "eyy (sy)", "sh": "exy (shear)", "rot": "theta (rotation)"}
+
+
+def _warn_still_learning(report: dict[str, Any], how: str) -> None:
+    """Say so when a component's spread was still growing at the end: its maps are still shrunk to the mean."""
+    learning = report.get("learning", {})
+    if learning.get("still_learning"):
+        names = ", ".join(_PARAM_NAMES[k] for k in learning["still_learning"])
+        growth = learning["spread_growth_last_quarter"]
+        typer.echo(
+            f"warning: not learned yet: the spread of {names} grew "
+            + ", ".join(f"{100 * growth[k]:.0f} %" for k in learning["still_learning"])
+            + f" over the last quarter of the {report['epochs']} epochs ({report['steps']} steps); "
+            f"its maps are still shrunk towards the mean: train longer ({how} with N > {report['epochs']})",
+            err=True,
+        )
 
 
 @app.command()
@@ -373,6 +394,46 @@ def qat(
             f"  {row['noise']:>8} {row['model']:>6}: exx {row['exx']:.3f} %  eyy {row['eyy']:.3f} %  "
             f"exy {row['exy']:.3f} %  theta {row['theta']:.3f} deg"
         )
+
+
+@app.command()
+@_user_errors
+def distill(
+    run: Path = typer.Option(..., "--run", "-r", help="Trained float run directory."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML whose distill: section is used. [default: the run's config.yaml]"
+    ),
+    teacher: str | None = typer.Option(None, help="refine or classical. [default: config distill.teacher]"),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs per round. [default: config distill.epochs]"),
+    rounds: int | None = typer.Option(None, help="Teacher -> fine-tune rounds. [default: config distill.rounds]"),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Scan to distil on. [default: the run's training data]"
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output run directory. [default: RUN/distill]"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted distillation."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Fine-tune the encoder on a label-free teacher's maps of its own scan (no ground truth), into RUN/distill/."""
+    from edgestem.config import load_config
+    from edgestem.distill import distill_run
+
+    source = config if config is not None else run / "config.yaml"
+    if config is None and not source.is_file():
+        raise EdgestemError(f"{run}: not a run directory (no config.yaml); train first (edgestem train --out {run})")
+    dcfg = load_config(source, {"distill.teacher": teacher, "distill.epochs": epochs, "distill.rounds": rounds}).distill
+    res = _with_bar(
+        "distill",
+        quiet,
+        lambda cb: distill_run(
+            run, dcfg, data=data, out=out, resume=resume, progress=cb, echo=None if quiet else typer.echo
+        ),
+    )
+    for r in res["metrics"]["rounds"]:
+        typer.echo(
+            f"round {r['round']}: {r['teacher']} teacher mapped {r['teacher_mapped']} of {r['patterns']} patterns "
+            f"in {r['teacher_seconds']:.0f} s; fine-tuned in {r['train_seconds']:.0f} s"
+        )
+    typer.echo(f"distilled run: {res['outputs']['run']}")
 
 
 def _name_values(text: str, option: str) -> dict[str, int]:

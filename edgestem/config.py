@@ -227,6 +227,12 @@ class TrainConfig(Section):
     """The one training loop (float, QAT and fine-tuning after pruning)."""
 
     epochs: int = Field(30, ge=1, description="Passes over the training patterns.")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="Training length in optimisation steps; set, it replaces epochs (epochs = steps / batches per "
+        "epoch, rounded up), so a 1,024-pattern scan trains as long as a 16,384-pattern one.",
+    )
     batch_size: int = Field(64, ge=1, description="Patterns per optimisation step.")
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (1e-3 collapsed at w = 0.5 in the prototype).")
     dictionary_lr: float = Field(
@@ -242,6 +248,9 @@ class TrainConfig(Section):
     )
     l1_weight: float = Field(
         0.0, ge=0, description="L1 regularisation of the encoder weights (sum |w|, scaled; also used by qat and prune)."
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant, or cosine: the learning rate falls to 0 along a half cosine over the run."
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of patterns held out for the validation loss.")
     threads: int | None = Field(None, ge=1, description="torch threads; None = the CPU cores available.")
@@ -268,6 +277,40 @@ class QatConfig(Section):
     calibration_patterns: int = Field(
         512, ge=1, description="Training patterns used to calibrate the activation scales before training."
     )
+    teacher: Literal["none", "float"] = Field(
+        "none",
+        description="float: the quantized encoder also regresses the float encoder's affine maps (knowledge "
+        "distillation from the float model, in distill.unit units, cycle loss weighted by distill.cycle_weight).",
+    )
+
+
+class DistillConfig(Section):
+    """Distillation on the user's own scan (``edgestem distill``): no ground-truth label is used.
+
+    A slow estimator that needs no labels (the teacher) maps the training scan; the encoder is then
+    fine-tuned to regress the teacher's affine maps, with the cycle-consistent loss kept as a
+    regulariser. The encoder's architecture is unchanged, so QAT, export and firmware take it as is.
+    """
+
+    teacher: Literal["refine", "classical"] = Field(
+        "refine",
+        description="refine: per-pattern Poisson likelihood refinement started from the encoder; classical: the "
+        "Bragg-disk fit (edgestem baseline).",
+    )
+    epochs: int = Field(30, ge=1, description="Fine-tuning epochs per round.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the fine-tuning (falls along a half cosine).")
+    cycle_weight: float = Field(
+        0.1, ge=0, description="Weight of the cycle-consistent loss next to the regression term (0 = regression only)."
+    )
+    unit: float = Field(
+        1e-3,
+        gt=0,
+        description="Regression residuals of the affine entries are measured in this unit (1e-3 = 0.1 % strain).",
+    )
+    rounds: int = Field(
+        1, ge=1, description="Teacher -> fine-tune rounds; each later round starts the teacher from the last encoder."
+    )
+    refine_steps: int = Field(12, ge=1, description="refine teacher: Fisher-scoring steps per pattern.")
 
 
 class PruneConfig(Section):
@@ -369,6 +412,9 @@ class SweepConfig(Section):
 class PipelineConfig(Section):
     """``edgestem run``: which optional steps run, firmware settings, the report's noise levels."""
 
+    distill: bool = Field(
+        False, description="Run the distill step after train (QAT then starts from the distilled encoder)."
+    )
     prune: bool = Field(False, description="Run the prune step (on the QAT model) before export.")
     export: bool = Field(True, description="Export the quantized encoder to QONNX (needed by firmware).")
     firmware: list[Literal["hls4ml", "finn"]] = Field(["hls4ml"], description="Firmware backends to build.")
@@ -398,6 +444,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     qat: QatConfig = Field(default_factory=QatConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)

@@ -1,6 +1,6 @@
 """``edgestem run CONFIG``: the pipeline as a list of named steps, skipping the ones that are up to date.
 
-simulate -> noise -> train -> qat -> prune -> export -> firmware -> emulate -> report
+simulate -> noise -> train -> [distill] -> qat -> [prune] -> export -> firmware -> emulate -> report
 
 The output folder is itself the run directory (``config.yaml``, ``checkpoint.pt``, ``qat/``,
 ``prune/``, ``export/``, ``firmware/``, ``emulate/``, ``report/``), with the data in ``data/``, so
@@ -73,11 +73,21 @@ def _train(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     return {"epochs": rep["epochs"], "seconds": rep["seconds"]}
 
 
+def _distill(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
+    from edgestem.distill import distill_run
+
+    resume = (out / "distill").is_dir()
+    rep = distill_run(out, cfg.distill, data=_train_data(out), resume=resume, progress=ctx.get("progress"))
+    return {"teacher": cfg.distill.teacher, "seconds": rep["metrics"]["seconds"]}
+
+
 def _qat(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.compress.quantize import qat_run
 
     resume = (out / "qat" / "checkpoint.pt").is_file()
-    res = qat_run(out, cfg.qat, resume=resume, progress=ctx.get("progress"))
+    # QAT starts from the distilled encoder when the pipeline distils.
+    source = out / "distill" if cfg.pipeline.distill else out
+    res = qat_run(source, cfg.qat, out=out / "qat", resume=resume, progress=ctx.get("progress"))
     return {"bits": cfg.qat.bits, "seconds": res["train_seconds"]}
 
 
@@ -141,7 +151,14 @@ STEPS: list[Step] = [
     Step("simulate", ("seed", "simulate"), ("data/clean.h5",), _simulate),
     Step("noise", ("noise",), ("data/train.h5",), _noise),
     Step("train", ("preprocess", "model", "loss", "train"), ("checkpoint.pt", "train.json"), _train),
-    Step("qat", ("qat",), ("qat/checkpoint.pt", "qat/qat.json"), _qat),
+    Step(
+        "distill",
+        ("distill",),
+        ("distill/checkpoint.pt", "distill/distill.json"),
+        _distill,
+        lambda c: c.pipeline.distill,
+    ),
+    Step("qat", ("qat", "pipeline.distill"), ("qat/checkpoint.pt", "qat/qat.json"), _qat),
     Step("prune", ("prune",), ("prune/checkpoint.pt", "prune/prune.json"), _prune, lambda c: c.pipeline.prune),
     Step("export", (), ("export/encoder.onnx", "export/export.json"), _export, lambda c: c.pipeline.export),
     Step(
@@ -250,6 +267,7 @@ def run_pipeline(
 
 _STEP_DIRS = {
     "train": ("checkpoint.pt", "train.json", "config.yaml"),
+    "distill": ("distill",),
     "qat": ("qat",),
     "prune": ("prune",),
     "export": ("export",),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class Stage:
     build: Callable[[Config, TrainingData, np.ndarray], CCSTAE]
     on_epoch: Callable[[CCSTAE, int], None] | None = None  # before each epoch (pruning schedule)
     after_step: Callable[[CCSTAE], None] | None = None  # after each optimiser step (keep pruned weights 0)
+    # Extra loss terms of a batch (distillation: regression on the teacher's estimates). Called with the
+    # model, its forward output and the batch's pattern indices; returns named terms and "total" (a scalar
+    # that replaces the cycle loss's total; the cycle terms stay in the log).
+    batch_loss: Callable[[CCSTAE, Any, np.ndarray, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     checkpoint: dict[str, Any] = field(default_factory=dict)  # stored with the weights (quantization spec)
 
 
@@ -158,10 +163,15 @@ def raw_outputs(model: CCSTAE, x: np.ndarray, batch: int = 512) -> np.ndarray:
         return np.concatenate([model.encoder(xb).numpy() for xb in _batches(x, batch)])
 
 
-def check_collapse(model: CCSTAE, x: np.ndarray) -> None:
-    """Stop with a clear message if the encoder's outputs no longer depend on the input."""
+def check_collapse(model: CCSTAE, x: np.ndarray) -> dict[str, float]:
+    """Stop with a clear message if the encoder's outputs no longer depend on the input.
+
+    Returns the spread (standard deviation over the patterns) of each head parameter, ``sx, sy, sh``
+    as fractions and ``rot`` in degrees: a component that is not learned yet has a spread near 0
+    that is still growing (see :func:`learning_verdict`).
+    """
     if len(x) < 8:
-        return
+        return {}
     o = raw_outputs(model, x[:512])
     if not np.isfinite(o).all():
         raise TrainingError("encoder outputs became NaN/infinite; lower train.lr and retrain")
@@ -177,6 +187,37 @@ def check_collapse(model: CCSTAE, x: np.ndarray) -> None:
             f"encoder saturated the bounded head ({saturated:.0%} of outputs at the tanh limits); "
             "lower train.lr or raise model.head gains, then retrain"
         )
+    with torch.no_grad():
+        p = model.head.params(torch.from_numpy(o))
+    return {k: float(v.double().std()) for k, v in p.items()}
+
+
+# A component whose spread grew by more than this over the last quarter of the epochs is still being learned.
+STILL_GROWING = 0.10
+
+
+def learning_verdict(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Label-free signal that training stopped too early: per head parameter, the growth of its spread
+    over the scan during the last quarter of the epochs, and the fall of the validation (or training)
+    loss over the same epochs. The unsupervised CC-ST-AE learns rotation and shear first and normal
+    strain last; a normal-strain spread still growing means its maps are still shrunk towards the mean.
+    """
+    n = len(history)
+    if n < 4 or "spread_sx" not in history[-1]:
+        return {"checked": False}
+    a, b = history[n - 1 - max(1, n // 4)], history[-1]
+    growth = {
+        k: (b[f"spread_{k}"] - a[f"spread_{k}"]) / max(a[f"spread_{k}"], 1e-12) for k in ("sx", "sy", "sh", "rot")
+    }
+    key = "val_total" if "val_total" in b else "train_total"
+    fall = (a[key] - b[key]) / max(abs(a[key]), 1e-12)
+    growing = [k for k, g in growth.items() if g > STILL_GROWING]
+    return {
+        "checked": True,
+        "spread_growth_last_quarter": {k: round(g, 4) for k, g in growth.items()},
+        "loss_fall_last_quarter": round(fall, 4),
+        "still_learning": growing,
+    }
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -301,6 +342,10 @@ def _train(
     train_idx, val_idx = split_indices(len(data.x), cfg)
     if len(train_idx) < cfg.train.batch_size // 4 or len(train_idx) < 2:
         raise DataError(f"{data_path}: only {len(train_idx)} training patterns; simulate or read more (>= 64)")
+    if cfg.train.steps is not None:  # a budget in steps: the same training length whatever the data's size
+        per_epoch = max(1, int(np.ceil(len(train_idx) / cfg.train.batch_size)))
+        epochs = max(1, int(np.ceil(cfg.train.steps / per_epoch)))
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     model = stage.build(cfg, data, train_idx) if stage is not None else build_model(cfg, data, train_idx)
     if state is not None:
         # Before the optimiser is made: Brevitas replaces its scale parameters on loading, and an
@@ -322,6 +367,7 @@ def _train(
         ],
         lr=cfg.train.lr,
     )
+    base_lrs = [group["lr"] for group in optim.param_groups]
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     if state is not None:
@@ -344,6 +390,10 @@ def _train(
         order = train_idx[_rng(cfg.seed, _SHUFFLE, epoch).permutation(len(train_idx))]
         sums: dict[str, float] = {}
         for b in range(n_batches):
+            if cfg.train.lr_schedule == "cosine":  # from (epoch, batch) alone, so --resume continues it exactly
+                frac = (epoch * n_batches + b) / (cfg.train.epochs * n_batches)
+                for group, lr0 in zip(optim.param_groups, base_lrs, strict=True):
+                    group["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * frac))
             idx = np.sort(order[b * cfg.train.batch_size : (b + 1) * cfg.train.batch_size])
             if cfg.train.augment.model != "none":
                 xb = torch.from_numpy(_augment(data.raw[idx], cfg, _rng(cfg.seed, _AUGMENT, epoch, b)))
@@ -351,7 +401,10 @@ def _train(
                 xb = torch.from_numpy(data.x[idx])
             if world.size > 1:  # data-parallel: this rank's shard of the batch
                 xb = xb[world.shard(len(xb))]
-            terms = model.loss(xb, model(xb), cfg.loss)
+            out = model(xb)
+            terms = model.loss(xb, out, cfg.loss)
+            if stage is not None and stage.batch_loss is not None:
+                terms = stage.batch_loss(model, out, idx[world.shard(len(idx))] if world.size > 1 else idx, terms)
             loss = local = terms["total"]
             if cfg.train.l1_weight:
                 loss = local = loss + cfg.train.l1_weight * sum(p.abs().sum() for p in enc_params)
@@ -373,13 +426,14 @@ def _train(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if progress is not None:
-                progress("train", epoch * n_batches + b + 1, cfg.train.epochs * n_batches, float(loss))
+                progress("train", epoch * n_batches + b + 1, cfg.train.epochs * n_batches, float(loss.detach()))
         if world.size > 1:
             world.sync_buffers(model)
         entry = {"epoch": epoch + 1, **{f"train_{k}": v / n_batches for k, v in sums.items()}}
         if len(val_idx):
             entry.update({f"val_{k}": v for k, v in evaluate_loss(model, data.x[val_idx], cfg).items()})
-        check_collapse(model, data.x[val_idx] if len(val_idx) >= 8 else data.x[train_idx])
+        spread = check_collapse(model, data.x[val_idx] if len(val_idx) >= 8 else data.x[train_idx])
+        entry.update({f"spread_{k}": v for k, v in spread.items()})
         elapsed += time.perf_counter() - t0
         entry["seconds"] = round(elapsed, 2)
         history.append(entry)
@@ -416,6 +470,8 @@ def _train(
             "macs": count_macs(model.encoder, cfg.preprocess.size),
         },
         "epochs": cfg.train.epochs,
+        "steps": cfg.train.epochs * n_batches,
+        "learning": learning_verdict(history),
         "history": history,
         "seconds": round(elapsed, 2),
         "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),

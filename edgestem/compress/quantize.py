@@ -307,6 +307,7 @@ def qat_run(
     if not data_path.is_file():
         raise EdgestemError(f"{data_path}: the run's training data is not there; pass --data")
     folded = fold_batchnorm(float_model.encoder)
+    teacher: dict[str, Any] = {}
 
     def build(cfg: Config, d: Any, train_idx: np.ndarray) -> CCSTAE:
         torch.manual_seed(cfg.seed)
@@ -324,11 +325,26 @@ def qat_run(
         if wrong:
             raise EdgestemError(f"{run}: float weights do not fit the quantized encoder ({wrong[0]}); retrain the run")
         calibrate(model.encoder, d.x[train_idx[: qat.calibration_patterns]])
+        if qat.teacher == "float":
+            from edgestem.evaluate import predict_affine
+
+            teacher["A"] = torch.from_numpy(predict_affine(float_model, d.x).astype(np.float32))
         return model
+
+    def batch_loss(model: CCSTAE, out: Any, idx: np.ndarray, terms: dict[str, Any]) -> dict[str, Any]:
+        target = teacher["A"][torch.from_numpy(np.asarray(idx, np.int64))]
+        reg = ((out.A - target) / float_cfg.distill.unit).pow(2).sum(dim=(1, 2)).mean()
+        return {
+            **terms,
+            "cycle": terms["total"],
+            "distill": reg,
+            "total": reg + float_cfg.distill.cycle_weight * terms["total"],
+        }
 
     stage = Stage(
         "qat",
         build,
+        batch_loss=batch_loss if qat.teacher == "float" else None,
         checkpoint={"quant": spec.to_dict(), "source": {"run": str(run), "stage": state.get("stage", "train")}},
     )
     report = train(cfg, data_path, out, resume=resume, progress=progress, stage=stage)
