@@ -1,7 +1,7 @@
 """The degradation report: how much strain accuracy survives each stage, at each noise level.
 
 ``edgestem report`` scores every stage a run directory holds on the same noisy patterns: the float
-model (``RUN``), QAT (``RUN/qat``), QAT + pruning (``RUN/prune``), the exported QONNX graph, the
+model (``RUN``), the distilled float model (``RUN/distill``), QAT (``RUN/qat``), QAT + pruning (``RUN/prune``), the exported QONNX graph, the
 firmware emulations (hls4ml C++, FINN), and the classical baseline. Each noise level draws its noise
 once (seeded) and every stage sees exactly those patterns, through the one pre-processing and the
 one strain computation.
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from edgestem.errors import EdgestemError
-from edgestem.evaluate import COMPONENTS, label_maps, maps_from_affine, strain_mae
+from edgestem.evaluate import COMPONENTS, label_maps, maps_from_affine, regression_slope, strain_mae
 
-MODEL_STAGES = (("float", "."), ("qat", "qat"), ("pruned", "prune"))
+MODEL_STAGES = (("float", "."), ("distilled", "distill"), ("qat", "qat"), ("pruned", "prune"))
 EMULATED = ("qonnx", "hls4ml", "finn")
 
 
@@ -89,7 +89,7 @@ def degradation(
         with torch.no_grad():
             A = model.head(torch.from_numpy(raw)).numpy()
         maps = maps_from_affine(A, d.scan_shape, reference, symmetry)
-        rows.append({"stage": stage, "noise": label, **strain_mae(maps, truth, reference), "via": via or stage})
+        rows.append({"stage": stage, "noise": label, **_scores(maps, truth, reference), "via": via or stage})
 
     for i, (label, noise) in enumerate(levels):
         noisy = d.raw if noise is None else apply_noise(d.raw, noise, np.random.default_rng([cfg.seed, 23, i]))
@@ -121,10 +121,16 @@ def degradation(
             from edgestem.baseline import classical_strain
 
             res = classical_strain(noisy.reshape(*d.scan_shape, *noisy.shape[-2:]), reference, symmetry)
-            rows.append({"stage": "classical", "noise": label, **strain_mae(res.maps, truth, reference)})
+            rows.append({"stage": "classical", "noise": label, **_scores(res.maps, truth, reference)})
         if progress is not None:
             progress(i + 1, len(levels))
     return {"rows": rows, "checks": checks, "stages": _order(rows), "levels": [lv for lv, _ in levels]}
+
+
+def _scores(maps: dict[str, np.ndarray], truth: dict[str, np.ndarray], reference: str | None) -> dict[str, float]:
+    """MAE per component and, as ``slope_<component>``, the regression slope of prediction on label."""
+    slopes = regression_slope(maps, truth)
+    return {**strain_mae(maps, truth, reference), **{f"slope_{k}": slopes[k] for k in COMPONENTS}}
 
 
 def _order(rows: list[dict[str, Any]]) -> list[str]:
@@ -136,13 +142,21 @@ def _order(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown(result: dict[str, Any], component: str = "exx") -> str:
-    """One table per component: a row per stage, a column per noise level (MAE, % or degrees)."""
+    """One table per component: a row per stage, a column per noise level (MAE, % or degrees; slope)."""
     unit = "deg" if component == "theta" else "%"
     levels = result["levels"]
     by = {(r["stage"], r["noise"]): r for r in result["rows"]}
-    lines = [f"| {component} MAE ({unit}) | " + " | ".join(levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    lines = [
+        f"| {component} MAE ({unit}) (slope) | " + " | ".join(levels) + " |",
+        "|---" * (len(levels) + 1) + "|",
+    ]
+
+    def cell(r: dict[str, Any]) -> str:
+        slope = r.get(f"slope_{component}")
+        return f"{r[component]:.3f}" + (f" ({slope:.2f})" if slope is not None else "")
+
     for stage in result["stages"]:
-        cells = [f"{by[(stage, lv)][component]:.3f}" if (stage, lv) in by else "-" for lv in levels]
+        cells = [cell(by[(stage, lv)]) if (stage, lv) in by else "-" for lv in levels]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -203,6 +217,8 @@ def write_report(run: str | Path, result: dict[str, Any], out_dir: str | Path, *
     write_text(paths["markdown"], "\n".join(body) + "\n")
     plot(result, paths["figure"])
     metrics = {**result, "ratio_to_float": ratios(result), **info}
+    if "distilled" in result["stages"]:  # QAT starts from the distilled encoder: that is its float reference
+        metrics["ratio_to_distilled"] = ratios(result, "distilled")
     write_json(paths["json"], stage_report("report", inputs={"run": run}, outputs=paths, metrics=metrics))
     return paths
 
