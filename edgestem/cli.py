@@ -289,6 +289,14 @@ def strain(
     res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset)
     speed = ", ".join(f"{k} {v:.0f} patterns/s" for k, v in res["patterns_per_second"].items())
     typer.echo(f"wrote {out}: {res['patterns']} patterns ({speed})")
+    left = res.get("refine", {})
+    if left.get("not_converged"):
+        first = ", ".join(map(str, left["not_converged_first"]))
+        typer.echo(
+            f"refine: {left['not_converged']} of {res['patterns']} patterns did not converge in 12 steps "
+            f"(their maps are the last step's; first indices: {first})",
+            err=True,
+        )
     _echo_mae(res)
 
 

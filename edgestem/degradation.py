@@ -1,10 +1,10 @@
 """The degradation report: how much strain accuracy survives each stage, at each noise level.
 
 ``edgestem report`` scores every stage a run directory holds on the same noisy patterns: the float
-model (``RUN``), the distilled float model (``RUN/distill``), QAT (``RUN/qat``), QAT + pruning (``RUN/prune``), the exported QONNX graph, the
-firmware emulations (hls4ml C++, FINN), and the classical baseline. Each noise level draws its noise
-once (seeded) and every stage sees exactly those patterns, through the one pre-processing and the
-one strain computation.
+model (``RUN``), the distilled float model (``RUN/distill``), QAT (``RUN/qat``), QAT + pruning
+(``RUN/prune``), the exported QONNX graph, the firmware emulations (hls4ml C++, FINN), and the
+classical baseline. Each noise level draws its noise once (seeded) and every stage sees exactly
+those patterns, through the one pre-processing and the one strain computation.
 
 Emulated stages are slow (the hls4ml C++ runs about 25 patterns/s per process): each is run on a
 seeded sample of ``check_patterns`` patterns per level and compared with the Brevitas model bit for

@@ -110,17 +110,36 @@ def aligned_mean(raw: np.ndarray, A: np.ndarray, batch: int = 512) -> np.ndarray
     return total / len(raw)
 
 
-def refine_from_encoder(raw: np.ndarray, A: np.ndarray) -> np.ndarray:
+def refine_with_fallback(raw: np.ndarray, A: np.ndarray, steps: int = 12) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-pattern Poisson maximum-likelihood refinement started from the encoder's estimates.
 
     The encoder's maps are relative to its learned dictionary, so the refinement's template is built
     in that same frame (the patterns aligned by those maps, averaged); the maps are dimensionless,
     so they apply to the raw detector patterns as long as pre-processing only centre-crops and bins.
+    When no 2D lattice can be found in that template (a poor encoder start blurs it; very low
+    dose), the scan's plain mean pattern is tried; when that fails too, a one-line error says so.
+    Returns the maps and :func:`edgestem.refine.refine`'s per-pattern ``info``.
     """
+    from edgestem.errors import EdgestemError
     from edgestem.refine import refine_dataset
 
-    A_ref, _, _ = refine_dataset(raw, aligned_mean(raw, A), A)
-    return A_ref
+    reasons = []
+    for name, template in (("the encoder-aligned mean", aligned_mean(raw, A)), ("the mean", None)):
+        try:
+            A_ref, info, _ = refine_dataset(raw, template, A, steps=steps)
+            return A_ref, info
+        except ValueError as exc:
+            reasons.append(f"{name} pattern: {exc}")
+    raise EdgestemError(
+        "refinement impossible: no Bragg-disk lattice found in "
+        + "; in ".join(reasons)
+        + "; the patterns may be too noisy for a template (use the encoder's maps or edgestem baseline)"
+    )
+
+
+def refine_from_encoder(raw: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """The refined affine maps of :func:`refine_with_fallback` (N, 2, 2)."""
+    return refine_with_fallback(raw, A)[0]
 
 
 def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dict[str, Any]) -> None:
@@ -181,9 +200,12 @@ def strain_from_run(
     timings = {"encoder": len(A) / max(encoder_seconds, 1e-9)}
     if refine:
         t0 = time.perf_counter()
-        methods["refined"] = refine_from_encoder(d.raw, A)
+        methods["refined"], info = refine_with_fallback(d.raw, A)
         timings["refined"] = len(A) / max(time.perf_counter() - t0, 1e-9)
     results: dict[str, Any] = {"patterns": len(A), "patterns_per_second": timings, "symmetry": symmetry}
+    if refine:
+        open_ = np.flatnonzero(~np.asarray(info["converged"], bool).ravel())
+        results["refine"] = {"not_converged": int(len(open_)), "not_converged_first": open_[:20].tolist()}
     maps = {name: maps_from_affine(Am, d.scan_shape, reference, symmetry) for name, Am in methods.items()}
     best = "refined" if refine else "encoder"
     return write_result(

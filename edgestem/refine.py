@@ -130,7 +130,24 @@ def find_lattice(pattern: np.ndarray, threshold: float = 0.1) -> tuple[np.ndarra
     Peaks of the background-removed pattern (white top-hat) above ``threshold`` times the brightest
     diffracted peak; the brightest peak is the central beam. Indexing on the two shortest independent
     peak vectors, then a weighted least-squares fit of origin and basis to every indexed peak.
+    Dynamical patterns can have one strong systematic row and much weaker disks elsewhere: when the
+    peaks above ``threshold`` all lie on one line, the threshold is halved (down to 1/8 of it)
+    before giving up.
     """
+    for k in range(4):
+        try:
+            return _find_lattice(pattern, threshold / 2**k)
+        except _Collinear:
+            if k == 3:
+                raise ValueError("all peaks lie on one line: cannot index a 2D lattice") from None
+    raise AssertionError("unreachable")
+
+
+class _Collinear(ValueError):
+    pass
+
+
+def _find_lattice(pattern: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     m = ndimage.gaussian_filter(np.asarray(pattern, dtype=np.float64), 0.7)
     qx, qy = m.shape
     tophat = m - ndimage.grey_opening(m, footprint=_footprint(max(3.0, min(qx, qy) / 10)))
@@ -175,7 +192,7 @@ def find_lattice(pattern: np.ndarray, threshold: float = 0.1) -> tuple[np.ndarra
             b2 = v[k]
             break
     if b2 is None:
-        raise ValueError("all peaks lie on one line: cannot index a 2D lattice")
+        raise _Collinear("all peaks lie on one line")
     basis = _reduce_basis(b1, b2)
     for tol in (0.25, 0.15, 0.1):
         n = np.rint(np.linalg.solve(basis.T, (pos - origin).T).T)

@@ -171,3 +171,28 @@ def test_square_lattice_with_refit():
     for k in COMPONENTS:
         d = np.abs((est[k] - est[k].mean()) - (true[k] - true[k].mean())) * (1.0 if k == "theta" else 100.0)
         assert d.max() < 0.01, k
+
+
+def test_find_lattice_indexes_weak_disks_off_one_strong_row():
+    """A dynamical pattern: one strong systematic row, every other disk 20x weaker (below the 0.1 threshold)."""
+    lat = LatticeConfig(kind="square")
+    pattern = crb.render64(np.eye(2)[None], lat, 64)[0]
+    origin = np.array([31.5, 31.5])
+    ii, jj = np.mgrid[0:64, 0:64]
+    off_row = np.abs(ii - origin[0]) > 3.0  # disks whose kx index is not 0
+    weak = np.where(off_row, 0.05 * pattern, pattern)
+    found_origin, basis = refine.find_lattice(weak)
+    np.testing.assert_allclose(found_origin, origin, atol=1e-3)
+    np.testing.assert_allclose(np.sort(np.hypot(*basis.T)), [11.0, 11.0], atol=0.05)
+
+
+def test_refinement_without_a_lattice_is_one_line_error():
+    from edgestem.errors import EdgestemError
+    from edgestem.evaluate import refine_with_fallback
+
+    pattern = crb.render64(np.eye(2)[None], LatticeConfig(kind="square"), 64)[0]
+    ii = np.mgrid[0:64, 0:64][0]
+    one_row = np.where(np.abs(ii - 31.5) > 3.0, 0.0, pattern)  # a 1D row of disks: no 2D lattice to index
+    with pytest.raises(EdgestemError, match="no Bragg-disk lattice found") as info:
+        refine_with_fallback(np.repeat(one_row[None], 16, axis=0), np.tile(np.eye(2), (16, 1, 1)))
+    assert "\n" not in str(info.value)
