@@ -279,8 +279,8 @@ class QatConfig(Section):
     )
     teacher: Literal["none", "float"] = Field(
         "none",
-        description="float: the quantized encoder also regresses the float encoder's affine maps (knowledge "
-        "distillation from the float model, in distill.unit units, cycle loss weighted by distill.cycle_weight).",
+        description="float: the quantized encoder also regresses the float encoder's head parameters (knowledge "
+        "distillation from the float model, scaled as in distill, cycle loss weighted by distill.cycle_weight).",
     )
 
 
@@ -305,7 +305,8 @@ class DistillConfig(Section):
     unit: float = Field(
         1e-3,
         gt=0,
-        description="Regression residuals of the affine entries are measured in this unit (1e-3 = 0.1 % strain).",
+        description="Each head parameter's regression residual is divided by the teacher's spread of it over the "
+        "scan, at least this (fraction; for rotation the same in radians).",
     )
     rounds: int = Field(
         1, ge=1, description="Teacher -> fine-tune rounds; each later round starts the teacher from the last encoder."

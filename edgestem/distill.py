@@ -194,11 +194,13 @@ def _stage(
     """The fine-tuning stage: the source model's weights, the regression term on the teacher's maps."""
     import torch
 
+    from edgestem.model.ccstae import param_regression, target_params
     from edgestem.train import Stage, model_from_checkpoint
 
-    target = torch.from_numpy(np.asarray(A_t, np.float32).reshape(-1, 2, 2))
+    params = target_params(A_t)
+    target = torch.from_numpy(params.astype(np.float32))
+    scale = torch.from_numpy(regression_scale(params[ok], dcfg.unit).astype(np.float32))
     weight = torch.from_numpy(np.asarray(ok, np.float32))
-    unit = float(dcfg.unit)
 
     def build(cfg: Config, d: Any, train_idx: np.ndarray) -> Any:
         model, _ = model_from_checkpoint(src_state)
@@ -206,13 +208,19 @@ def _stage(
 
     def batch_loss(model: Any, out: Any, idx: np.ndarray, terms: dict[str, Any]) -> dict[str, Any]:
         ti = torch.from_numpy(np.asarray(idx, np.int64))
-        w = weight[ti]
-        err = ((out.A - target[ti]) / unit).pow(2).sum(dim=(1, 2))
-        reg = (err * w).sum() / w.sum().clamp_min(1.0)
+        reg = param_regression(model.head, out.raw, target[ti], scale, weight[ti])
         total = reg + dcfg.cycle_weight * terms["total"]
         return {**terms, "cycle": terms["total"], "distill": reg, "total": total}
 
     return Stage("distill", build, batch_loss=batch_loss, checkpoint={"source": {"stage": src_state.get("stage")}})
 
 
-__all__ = ["TEACHERS", "distill_run", "teacher_maps"]
+def regression_scale(params: np.ndarray, unit: float) -> np.ndarray:
+    """Per-parameter scale of the regression: the targets' spread over the scan, at least ``unit``
+    (fractions for sx, sy, sh; the same in radians, as degrees, for rot)."""
+    floor = np.array([unit, unit, unit, np.rad2deg(unit)])
+    spread = params.std(axis=0) if len(params) > 1 else floor
+    return np.maximum(spread, floor)
+
+
+__all__ = ["TEACHERS", "distill_run", "regression_scale", "teacher_maps"]

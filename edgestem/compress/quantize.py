@@ -326,20 +326,24 @@ def qat_run(
             raise EdgestemError(f"{run}: float weights do not fit the quantized encoder ({wrong[0]}); retrain the run")
         calibrate(model.encoder, d.x[train_idx[: qat.calibration_patterns]])
         if qat.teacher == "float":
+            from edgestem.distill import regression_scale
             from edgestem.evaluate import predict_affine
+            from edgestem.model.ccstae import target_params
 
-            teacher["A"] = torch.from_numpy(predict_affine(float_model, d.x).astype(np.float32))
+            params = target_params(predict_affine(float_model, d.x))
+            teacher["params"] = torch.from_numpy(params.astype(np.float32))
+            teacher["scale"] = torch.from_numpy(
+                regression_scale(params[train_idx], float_cfg.distill.unit).astype(np.float32)
+            )
         return model
 
     def batch_loss(model: CCSTAE, out: Any, idx: np.ndarray, terms: dict[str, Any]) -> dict[str, Any]:
-        target = teacher["A"][torch.from_numpy(np.asarray(idx, np.int64))]
-        reg = ((out.A - target) / float_cfg.distill.unit).pow(2).sum(dim=(1, 2)).mean()
-        return {
-            **terms,
-            "cycle": terms["total"],
-            "distill": reg,
-            "total": reg + float_cfg.distill.cycle_weight * terms["total"],
-        }
+        from edgestem.model.ccstae import param_regression
+
+        ti = torch.from_numpy(np.asarray(idx, np.int64))
+        reg = param_regression(model.head, out.raw, teacher["params"][ti], teacher["scale"], torch.ones(len(ti)))
+        total = reg + float_cfg.distill.cycle_weight * terms["total"]
+        return {**terms, "cycle": terms["total"], "distill": reg, "total": total}
 
     stage = Stage(
         "qat",

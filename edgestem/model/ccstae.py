@@ -245,3 +245,27 @@ class CCSTAE(nn.Module):
         l1 = D.abs().mean()
         total = cfg.forward_weight * fwd + cfg.backward_weight * bwd + cfg.penalty_weight * pen + cfg.l1_weight * l1
         return {"total": total, "forward": fwd, "backward": bwd, "penalty": pen, "l1": l1}
+
+
+PARAMS = ("sx", "sy", "sh", "rot")
+
+
+def target_params(A: np.ndarray) -> np.ndarray:
+    """Head parameters ``(sx, sy, sh, rot)`` (N, 4) of affine maps (N, 2, 2): regression targets."""
+    from edgestem.strain import params_from_affine
+
+    p = params_from_affine(np.asarray(A, dtype=np.float64).reshape(-1, 2, 2))
+    return np.stack([p[k] for k in PARAMS], axis=1)
+
+
+def param_regression(
+    head: ParameterHead, raw: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Weighted mean squared error of the head parameters against targets (N, 4), each parameter
+    divided by its ``scale`` (e.g. the targets' spread over the scan), so strain, shear and rotation
+    count alike however different their ranges are (a polycrystal's rotations span degrees, its
+    strains fractions of a percent)."""
+    p = head.params(raw)
+    pred = torch.stack([p[k] for k in PARAMS], dim=1)
+    err = ((pred - target) / scale).pow(2).mean(dim=1)
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
