@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--doses", default="inf,1e4,1e3,1e2", help="--dev: doses per pattern (inf = no noise)")
     ap.add_argument("--epochs", type=int, default=30, help="--dev: training epochs of the CC-ST-AE")
     ap.add_argument("--distill-epochs", type=int, default=30, help="--dev: distillation epochs")
+    ap.add_argument("--teacher", default="refine", help="--dev: distillation teacher (refine or classical)")
+    ap.add_argument("--no-refine", action="store_true", help="--dev: leave out encoder + refinement (slow at 128 px)")
     args = ap.parse_args()
     if args.dev is not None:
         dev_axis(args)
@@ -251,7 +253,7 @@ def dev_axis(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             distill_run(
                 run,
-                cfg.distill.model_copy(update={"epochs": args.distill_epochs}),
+                cfg.distill.model_copy(update={"epochs": args.distill_epochs, "teacher": args.teacher}),
                 data=test,
                 out=run / "distill",
                 resume=(run / "distill").is_dir(),
@@ -261,12 +263,14 @@ def dev_axis(args: argparse.Namespace) -> None:
             A_d = predict_affine(dmodel, d.x)
             cell["distilled"] = _mae_slope(maps_from_affine(A_d, d.scan_shape, None, symmetry), truth)
             t0 = time.perf_counter()
-            try:
-                A_ref = refine_from_encoder(d.raw, A).reshape(-1, 2, 2)
-                cell["refined"] = _mae_slope(maps_from_affine(A_ref, d.scan_shape, None, symmetry), truth)
-            except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
-                cell["refined"] = {"error": f"{type(exc).__name__}: {exc}"}
-            refine_rate = len(A) / (time.perf_counter() - t0)
+            refine_rate = float("nan")
+            if not args.no_refine:
+                try:
+                    A_ref = refine_from_encoder(d.raw, A).reshape(-1, 2, 2)
+                    cell["refined"] = _mae_slope(maps_from_affine(A_ref, d.scan_shape, None, symmetry), truth)
+                except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
+                    cell["refined"] = {"error": f"{type(exc).__name__}: {exc}"}
+                refine_rate = len(A) / (time.perf_counter() - t0)
             cmaps, crate = classical_maps(test, symmetry)
             cell["classical"] = _mae_slope(cmaps, truth)
             cell["patterns_per_second"] = {
@@ -278,6 +282,7 @@ def dev_axis(args: argparse.Namespace) -> None:
             result["cells"].append(cell)
             result.update({"machine": machine(), "versions": versions(), "epochs": args.epochs})
             result["distill_epochs"] = args.distill_epochs
+            result["teacher"] = args.teacher
             write_json(args.out, result)
             print(
                 f"{name} dose {key}: exx MAE (slope) encoder {cell['encoder']['mae']['exx']:.3f} "
