@@ -97,3 +97,27 @@ def test_checkpoint_from_another_version_is_refused(tmp_path, tiny_h5):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(EdgestemError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path / "run")
+
+
+def test_learning_verdict_names_the_components_still_growing():
+    from edgestem.train import learning_verdict
+
+    hist = [
+        {"epoch": e, "val_total": 10.0 / e, "spread_sx": 1e-4 * e, "spread_sy": 0.02, "spread_sh": 0.01}
+        | {"spread_rot": 2.0}
+        for e in range(1, 13)
+    ]
+    v = learning_verdict(hist)
+    assert v["checked"] and v["still_learning"] == ["sx"]
+    assert v["spread_growth_last_quarter"]["sx"] > 0.1 and v["loss_fall_last_quarter"] > 0
+    flat = [{**h, "spread_sx": 0.02} for h in hist]
+    assert learning_verdict(flat)["still_learning"] == []
+    assert learning_verdict(hist[:2]) == {"checked": False}
+
+
+def test_a_budget_in_steps_sets_the_epochs_and_spreads_are_logged(tmp_path, tiny_h5):
+    rep = train(cfg(**{"train.steps": 7, "train.epochs": 99}), tiny_h5, tmp_path / "run")
+    per_epoch = -(-rep["patterns"]["train"] // 16)
+    assert rep["epochs"] == -(-7 // per_epoch) and rep["steps"] == rep["epochs"] * per_epoch
+    assert {"spread_sx", "spread_sy", "spread_sh", "spread_rot"} <= set(rep["history"][-1])
+    assert "learning" in rep
