@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from edgestem.atomic import write_json
+from edgestem.data.dataset import load_data
 from edgestem.emulate import BACKENDS, get_backend
 from edgestem.errors import EdgestemError
+from edgestem.rundir import load_checkpoint, load_run_config
 from edgestem.runinfo import machine, versions
-from edgestem.train import load_checkpoint, load_data, load_run_config
 
 
 def main() -> None:

@@ -233,11 +233,12 @@ def train(
 ) -> None:
     """Train the float CC-ST-AE without labels (cycle-consistent loss); checkpoints every epoch."""
     from edgestem.config import load_config
+    from edgestem.rundir import config_path
     from edgestem.train import train as train_run
 
     overrides = {"train.epochs": epochs, "seed": seed}
     # Resuming without --config continues with the run's own resolved config.
-    saved = out / "config.yaml"
+    saved = config_path(out)
     cfg = load_config(saved if resume and config is None and saved.is_file() else config, overrides)
     report = _with_bar(
         "training", quiet, lambda cb: train_run(cfg, data, out, resume=resume, dataset=dataset, progress=cb)
@@ -351,10 +352,11 @@ def qat(
     """Quantization-aware training (Brevitas, power-of-two scales) from a float run, into RUN/qat/."""
     from edgestem.compress.quantize import qat_run
     from edgestem.config import load_config
+    from edgestem.rundir import CONFIG, QAT_DIR, config_path
 
-    source = config if config is not None else run / "config.yaml"
+    source = config if config is not None else config_path(run)
     if config is None and not source.is_file():
-        raise EdgestemError(f"{run}: not a run directory (no config.yaml); train first (edgestem train --out {run})")
+        raise EdgestemError(f"{run}: not a run directory (no {CONFIG}); train first (edgestem train --out {run})")
     overrides: dict[str, Any] = {"qat.bits": bits, "qat.epochs": epochs}
     if per_layer:
         overrides["qat.per_layer"] = _name_values(per_layer, "--per-layer")
@@ -367,7 +369,7 @@ def qat(
             run, qcfg, data=data, out=out, resume=resume, eval_data=eval_data, eval_levels=levels, progress=cb
         ),
     )
-    typer.echo(f"QAT {qcfg.bits} bits: {out or run / 'qat'} ({res['epochs']} epochs in {res['train_seconds']:.0f} s)")
+    typer.echo(f"QAT {qcfg.bits} bits: {out or run / QAT_DIR} ({res['epochs']} epochs in {res['train_seconds']:.0f} s)")
     for row in res.get("mae", []):
         typer.echo(
             f"  {row['noise']:>8} {row['model']:>6}: exx {row['exx']:.3f} %  eyy {row['eyy']:.3f} %  "
@@ -429,9 +431,10 @@ def prune(
     """Magnitude pruning (per-layer weights or whole channels) with fine-tuning, into RUN/prune/."""
     from edgestem.compress.prune import prune_run
     from edgestem.config import load_config
+    from edgestem.rundir import PRUNE_DIR, config_path
 
     if config is None:  # resuming: the pruning run's own config; else the source run's
-        candidates = ([(out or run / "prune") / "config.yaml"] if resume else []) + [run / "config.yaml"]
+        candidates = ([config_path(out or run / PRUNE_DIR)] if resume else []) + [config_path(run)]
         config = next((p for p in candidates if p.is_file()), None)
     overrides = {
         "prune.sparsity": sparsity,
@@ -448,7 +451,7 @@ def prune(
     before, after = res["before"], res["after"]
     kind = "structured" if res["structured"] else "unstructured"
     typer.echo(
-        f"pruned {out or run / 'prune'} ({res['from']} model, {kind}, sparsity {res['sparsity']:g}): "
+        f"pruned {out or run / PRUNE_DIR} ({res['from']} model, {kind}, sparsity {res['sparsity']:g}): "
         f"parameters {before['parameters']} -> {after['parameters']}, "
         f"MACs {before['macs']} -> {after['macs']} ({after['effective_macs']} with a non-zero weight)"
     )
@@ -482,7 +485,7 @@ def emulate(
     """Strain maps through one backend (float, Brevitas, QONNX, ONNX Runtime, hls4ml C++, FINN), like `strain`."""
     from edgestem.emulate import emulate as emulate_run
     from edgestem.evaluate import noise_level
-    from edgestem.train import load_checkpoint
+    from edgestem.rundir import emulate_path, trained_on
 
     if noise_w is not None and dose is not None:
         raise EdgestemError("give either --noise-w or --dose, not both")
@@ -490,8 +493,8 @@ def emulate(
         noise_level(noise_w, "w") if noise_w is not None else noise_level(dose, "dose") if dose is not None else None
     )
     if data is None:
-        data = Path(load_checkpoint(run)["data"]["path"])
-    out = out or run / "emulate" / f"{backend}.h5"
+        data = trained_on(run)
+    out = out or emulate_path(run, backend)
     out.parent.mkdir(parents=True, exist_ok=True)
     res = emulate_run(run, backend, data, out, noise=noise, check=check, reference=ref, dataset=dataset)
     speed = res["patterns_per_second"][backend]
@@ -613,9 +616,9 @@ def _clean_data_of(run: Path) -> Path:
         clean = json.loads(record.read_text()).get("clean_data")
         if clean:
             return Path(clean)
-    from edgestem.train import load_checkpoint
+    from edgestem.rundir import trained_on
 
-    return Path(load_checkpoint(run)["data"]["path"])
+    return trained_on(run)
 
 
 @app.command("run")
@@ -654,6 +657,7 @@ def export(
 ) -> None:
     """Export the quantized encoder (QONNX or QCDQ) into RUN/export/, verified against Brevitas by execution."""
     from edgestem.export.qonnx import export_run
+    from edgestem.rundir import export_dir
 
     m = export_run(run, fmt=fmt, source=source, patterns=patterns, data=data, tolerance_lsb=tolerance_lsb)["metrics"]
     src = m["source"]
@@ -661,7 +665,7 @@ def export(
         if isinstance(v, dict):
             extra = f", {v['max_diff_lsb']:.0f} output LSB" if "max_diff_lsb" in v else ""
             typer.echo(
-                f"wrote {run / 'export' / name} ({src['stage']} model): {v['patterns'] - v['mismatched_patterns']} of "
+                f"wrote {export_dir(run) / name} ({src['stage']} model): {v['patterns'] - v['mismatched_patterns']} of "
                 f"{v['patterns']} patterns identical to Brevitas (max |diff| {v['max_abs_diff']:.3g}{extra})"
             )
     if "cost" in m:

@@ -158,22 +158,14 @@ def strain_from_run(
     import time
     from pathlib import Path
 
-    from edgestem.errors import DataError, EdgestemError
-    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
+    from edgestem.rundir import open_stage
 
     t_start = time.perf_counter()
     out = Path(out)
-    state = load_checkpoint(run)
-    model, cfg = model_from_checkpoint(state)
-    d = load_data(data, cfg, dataset)
-    size = cfg.preprocess.size
-    if d.x.shape[-2:] != (size, size):
-        raise DataError(f"{data}: patterns pre-process to {d.x.shape[-2:]}, the run was trained on {size}x{size}")
-    try:
-        S.reference_mask(d.scan_shape, reference)
-    except ValueError as exc:
-        raise EdgestemError(str(exc)) from None
-    symmetry = state["symmetry"] if d.symmetry is None else d.symmetry
+    stage = open_stage(run)
+    model, cfg = stage.model, stage.cfg
+    d = stage.read(data, dataset, reference)
+    symmetry = stage.symmetry(d)
     t0 = time.perf_counter()
     A = predict_affine(model, d.x)
     encoder_seconds = time.perf_counter() - t0
@@ -300,9 +292,9 @@ def baseline_from_file(
 
     from edgestem.baseline import classical_strain
     from edgestem.config import load_config
+    from edgestem.data.dataset import symmetry_of
     from edgestem.data.io import open_4dstem
     from edgestem.errors import EdgestemError
-    from edgestem.train import symmetry_of
 
     t_start = time.perf_counter()
     with open_4dstem(data, dataset) as ds:

@@ -24,6 +24,19 @@ from typing import Any
 
 from edgestem.config import Config, save_config
 from edgestem.errors import EdgestemError
+from edgestem.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    EMULATE_DIR,
+    EXPORT_DIR,
+    FIRMWARE_DIR,
+    PRUNE_DIR,
+    QAT_DIR,
+    REPORT_DIR,
+    TRAIN_REPORT,
+    emulate_path,
+    has_checkpoint,
+)
 
 RECORD = "pipeline.json"
 
@@ -68,7 +81,7 @@ def _noise(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 def _train(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.train import train
 
-    resume = (out / "checkpoint.pt").is_file()
+    resume = has_checkpoint(out)
     rep = train(cfg, _train_data(out), out, resume=resume, progress=ctx.get("progress"))
     return {"epochs": rep["epochs"], "seconds": rep["seconds"]}
 
@@ -76,7 +89,7 @@ def _train(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 def _qat(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.compress.quantize import qat_run
 
-    resume = (out / "qat" / "checkpoint.pt").is_file()
+    resume = has_checkpoint(out / QAT_DIR)
     res = qat_run(out, cfg.qat, resume=resume, progress=ctx.get("progress"))
     return {"bits": cfg.qat.bits, "seconds": res["train_seconds"]}
 
@@ -84,7 +97,7 @@ def _qat(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 def _prune(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.compress.prune import prune_run
 
-    resume = (out / "prune" / "checkpoint.pt").is_file()
+    resume = has_checkpoint(out / PRUNE_DIR)
     rep = prune_run(out, cfg, source="qat", resume=resume, progress=ctx.get("progress"))
     return {"sparsity": cfg.prune.sparsity, "structured": cfg.prune.structured, "report": bool(rep)}
 
@@ -118,9 +131,9 @@ def _emulate(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.emulate import emulate
 
     done = {}
-    (out / "emulate").mkdir(exist_ok=True)
+    (out / EMULATE_DIR).mkdir(exist_ok=True)
     for backend in cfg.pipeline.emulate:
-        res = emulate(out, backend, _train_data(out), out / "emulate" / f"{backend}.h5", check=True)
+        res = emulate(out, backend, _train_data(out), emulate_path(out, backend), check=True)
         done[backend] = res.get("check", {})
     return {"checks": done}
 
@@ -133,17 +146,25 @@ def _report(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     levels = [(f"w={w:g}", noise_level(w, "w")) for w in p.report_noise_w]
     levels += [(f"dose={d:g}", noise_level(d, "dose")) for d in p.report_dose]
     res = degradation(out, _clean(out), levels, check_patterns=p.check_patterns, baseline=p.baseline)
-    write_report(out, res, out / "report", data=str(_clean(out)))
+    write_report(out, res, out / REPORT_DIR, data=str(_clean(out)))
     return {"stages": res["stages"]}
 
 
 STEPS: list[Step] = [
     Step("simulate", ("seed", "simulate"), ("data/clean.h5",), _simulate),
     Step("noise", ("noise",), ("data/train.h5",), _noise),
-    Step("train", ("preprocess", "model", "loss", "train"), ("checkpoint.pt", "train.json"), _train),
-    Step("qat", ("qat",), ("qat/checkpoint.pt", "qat/qat.json"), _qat),
-    Step("prune", ("prune",), ("prune/checkpoint.pt", "prune/prune.json"), _prune, lambda c: c.pipeline.prune),
-    Step("export", (), ("export/encoder.onnx", "export/export.json"), _export, lambda c: c.pipeline.export),
+    Step("train", ("preprocess", "model", "loss", "train"), (CHECKPOINT, TRAIN_REPORT), _train),
+    Step("qat", ("qat",), (f"{QAT_DIR}/{CHECKPOINT}", f"{QAT_DIR}/qat.json"), _qat),
+    Step(
+        "prune",
+        ("prune",),
+        (f"{PRUNE_DIR}/{CHECKPOINT}", f"{PRUNE_DIR}/prune.json"),
+        _prune,
+        lambda c: c.pipeline.prune,
+    ),
+    Step(
+        "export", (), (f"{EXPORT_DIR}/encoder.onnx", f"{EXPORT_DIR}/export.json"), _export, lambda c: c.pipeline.export
+    ),
     Step(
         "firmware",
         (
@@ -162,7 +183,7 @@ STEPS: list[Step] = [
     Step(
         "report",
         ("pipeline.report_noise_w", "pipeline.report_dose", "pipeline.check_patterns", "pipeline.baseline"),
-        ("report/report.json",),
+        (f"{REPORT_DIR}/report.json",),
         _report,
     ),
 ]
@@ -249,13 +270,13 @@ def run_pipeline(
 
 
 _STEP_DIRS = {
-    "train": ("checkpoint.pt", "train.json", "config.yaml"),
-    "qat": ("qat",),
-    "prune": ("prune",),
-    "export": ("export",),
-    "firmware": ("firmware",),
-    "emulate": ("emulate",),
-    "report": ("report",),
+    "train": (CHECKPOINT, TRAIN_REPORT, CONFIG),
+    "qat": (QAT_DIR,),
+    "prune": (PRUNE_DIR,),
+    "export": (EXPORT_DIR,),
+    "firmware": (FIRMWARE_DIR,),
+    "emulate": (EMULATE_DIR,),
+    "report": (REPORT_DIR,),
 }
 
 

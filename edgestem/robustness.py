@@ -120,10 +120,10 @@ class StudyData:
 
 def prepare_data(cfg: Config, folder: Path, log: Callable[[str], None] = print) -> StudyData:
     """Simulate the clean scan(s) and one seeded noise draw per test level (files are reused)."""
+    from edgestem.data.dataset import load_data
     from edgestem.data.noise import add_noise_to_file
     from edgestem.data.simulate import simulate_to_file
     from edgestem.evaluate import label_maps
-    from edgestem.train import load_data
 
     rc = cfg.robustness
     quiet = cfg.model_copy(update={"noise": NoiseConfig()})
@@ -205,13 +205,14 @@ def score_model(model: Any, cfg: Config, data: StudyData, reference: str | None)
 
 def run_cell(cfg: Config, name: str, levels: list[float], seed: int, data: StudyData, out: Path) -> dict[str, Any]:
     """Train one cell (resuming its checkpoint if there is one) and score it; never raises on failure."""
-    from edgestem.train import CHECKPOINT, load_checkpoint, model_from_checkpoint, train
+    from edgestem.rundir import has_checkpoint, load_checkpoint, model_from_checkpoint
+    from edgestem.train import train
 
     t0 = time.perf_counter()
     run = out / "runs" / f"{name}-seed{seed}"
     cell: dict[str, Any] = {"train": name, "levels": levels, "seed": seed, "run": str(run)}
     try:
-        report = train(cell_config(cfg, levels, seed), data.clean, run, resume=(run / CHECKPOINT).is_file())
+        report = train(cell_config(cfg, levels, seed), data.clean, run, resume=has_checkpoint(run))
         last = report["history"][-1]
         cell.update(train_loss=last.get("train_total"), val_loss=last.get("val_total"))
         model, mcfg = model_from_checkpoint(load_checkpoint(run))

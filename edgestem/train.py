@@ -4,11 +4,11 @@ A run directory holds ``config.yaml`` (resolved), ``checkpoint.pt`` (written ato
 epoch) and ``train.json`` (losses per epoch, time, versions, machine). ``resume=True`` continues an
 interrupted run to the same final weights as an uninterrupted one: every random draw (split,
 shuffling, noise augmentation) is derived from ``(seed, epoch, batch)``, not from a running stream.
+The layout of a run directory and its checkpoints belong to :mod:`edgestem.rundir`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -20,35 +20,32 @@ import numpy as np
 import torch
 
 from edgestem import __version__
-from edgestem.config import Config, NoiseConfig, load_config, save_config
-from edgestem.data.io import json_attr, open_4dstem
+from edgestem.config import Config, NoiseConfig, save_config
+from edgestem.data.dataset import TrainingData, load_data
 from edgestem.data.noise import apply_noise
 from edgestem.data.preprocess import preprocess
 from edgestem.distributed import World
 from edgestem.errors import DataError, EdgestemError
 from edgestem.model.ccstae import CCSTAE, disk_mask
 from edgestem.model.encoder import LayerFactory, count_macs, count_parameters
+from edgestem.rundir import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    TRAIN_REPORT,
+    add_mask_buffers,
+    checkpoint_path,
+    config_path,
+    load_checkpoint,
+    load_run_config,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
 _SPLIT, _SHUFFLE, _AUGMENT = 11, 12, 13  # random streams derived from the config seed
 
 
 class TrainingError(EdgestemError):
     """Training failed in a way the user must act on (NaN loss, collapsed encoder)."""
-
-
-@dataclass
-class TrainingData:
-    """Raw patterns (for noise augmentation), model inputs, labels and provenance of a data file."""
-
-    raw: np.ndarray  # (N, Qx, Qy) float32, as read
-    x: np.ndarray  # (N, 1, H, W) float32, pre-processed
-    scan_shape: tuple[int, int]
-    labels: dict[str, np.ndarray]
-    symmetry: str | None
-    fingerprint: str
-    path: Path
 
 
 @dataclass
@@ -65,38 +62,6 @@ class Stage:
     on_epoch: Callable[[CCSTAE, int], None] | None = None  # before each epoch (pruning schedule)
     after_step: Callable[[CCSTAE], None] | None = None  # after each optimiser step (keep pruned weights 0)
     checkpoint: dict[str, Any] = field(default_factory=dict)  # stored with the weights (quantization spec)
-
-
-def symmetry_of(attrs: dict[str, Any], cfg: Config) -> str | None:
-    """Lattice symmetry: the config's, or (``auto``) the data file's simulator attributes, else None."""
-    if cfg.model.symmetry != "auto":
-        return None if cfg.model.symmetry == "none" else cfg.model.symmetry
-    lat = json_attr(attrs.get("lattice"))
-    if isinstance(lat, dict):
-        return {6: "hex", 4: "square"}.get(lat.get("symmetry")) or (
-            lat.get("kind") if lat.get("kind") in ("hex", "square") else None
-        )
-    return None
-
-
-def load_data(path: str | Path, cfg: Config, dataset: str | None = None) -> TrainingData:
-    """Read every pattern of a file, validate it, and pre-process it with the one function."""
-    path = Path(path)
-    with open_4dstem(path, dataset) as ds:
-        blocks = [block for _, block in ds.iter_rows()]
-        raw = np.concatenate(blocks).reshape(-1, *ds.pattern_shape).astype(np.float32, copy=False)
-        h = hashlib.sha256()
-        h.update(np.asarray(ds.shape).tobytes())
-        h.update(raw[:: max(1, len(raw) // 16)].tobytes())
-        return TrainingData(
-            raw=raw,
-            x=preprocess(raw, cfg.preprocess)[:, None],
-            scan_shape=ds.scan_shape,
-            labels=dict(ds.labels),
-            symmetry=symmetry_of(ds.attrs, cfg),
-            fingerprint=h.hexdigest()[:16],
-            path=path,
-        )
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -179,62 +144,6 @@ def check_collapse(model: CCSTAE, x: np.ndarray) -> None:
         )
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    from edgestem.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(run: str | Path) -> dict[str, Any]:
-    """Read a run's checkpoint, checking it was written by a compatible edgestem."""
-    path = Path(run) / CHECKPOINT
-    if not path.is_file():
-        raise EdgestemError(f"{run}: no {CHECKPOINT}; train first (edgestem train --out {run})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise EdgestemError(f"{path}: unreadable checkpoint ({type(exc).__name__}); retrain the run") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise EdgestemError(
-            f"{path}: checkpoint format {state.get('format') if isinstance(state, dict) else '?'} from edgestem "
-            f"{state.get('version') if isinstance(state, dict) else '?'} is not readable by edgestem {__version__}; "
-            "retrain the run with this version"
-        )
-    return state
-
-
-def _add_mask_buffers(model: CCSTAE, weights: dict[str, Any]) -> None:
-    """Register the pruning masks a saved state holds (``<layer>.weight_mask``) so it loads."""
-    for key, mask in weights.items():
-        if key.endswith(".weight_mask"):
-            mod = model.get_submodule(key[: -len(".weight_mask")])
-            if not hasattr(mod, "weight_mask"):
-                mod.register_buffer("weight_mask", torch.ones_like(mask))
-
-
-def model_from_checkpoint(state: dict[str, Any], layers: LayerFactory | None = None) -> tuple[CCSTAE, Config]:
-    """Rebuild the model (and its config) from a checkpoint: float, quantized or pruned alike."""
-    cfg = Config.model_validate(state["config"])
-    if layers is None and state.get("quant"):
-        from edgestem.compress.quantize import BrevitasLayers, QuantSpec
-
-        layers = BrevitasLayers(QuantSpec.from_dict(state["quant"]))
-    model = CCSTAE(
-        cfg.model,
-        cfg.preprocess.size,
-        state["symmetry"],
-        np.zeros((cfg.model.dictionaries, cfg.preprocess.size, cfg.preprocess.size), np.float32),
-        np.zeros((cfg.preprocess.size, cfg.preprocess.size), np.float32),
-        layers,
-        smooth_px=cfg.loss.smooth_px,
-    )
-    _add_mask_buffers(model, state["model"])
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg
-
-
 def train(
     cfg: Config,
     data_path: str | Path,
@@ -282,7 +191,7 @@ def _train(
     from edgestem.runinfo import machine, versions
 
     run = Path(run_dir)
-    ckpt_path = run / CHECKPOINT
+    ckpt_path = checkpoint_path(run)
     state: dict[str, Any] | None = None
     if resume:
         if not ckpt_path.is_file():
@@ -305,7 +214,7 @@ def _train(
     if state is not None:
         # Before the optimiser is made: Brevitas replaces its scale parameters on loading, and an
         # optimiser holding the old ones would silently stop training them.
-        _add_mask_buffers(model, state["model"])
+        add_mask_buffers(model, state["model"])
         model.load_state_dict(state["model"])
     # L1/L2 act on weights and biases only, not on quantizer scales.
     enc_params = [
@@ -329,7 +238,7 @@ def _train(
         history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
     run.mkdir(parents=True, exist_ok=True)
     if world.writer:
-        save_config(cfg, run / "config.yaml")
+        save_config(cfg, config_path(run))
 
     n_batches = max(1, int(np.ceil(len(train_idx) / cfg.train.batch_size)))
     if world.size > 1:
@@ -385,7 +294,7 @@ def _train(
         history.append(entry)
         if not world.writer:
             continue
-        _save_checkpoint(
+        save_checkpoint(
             ckpt_path,
             {
                 "format": CHECKPOINT_FORMAT,
@@ -423,18 +332,12 @@ def _train(
         "machine": machine(),
     }
     if world.writer:
-        write_json(run / "train.json", report)
+        write_json(run / TRAIN_REPORT, report)
     return report
 
 
-def load_run_config(run: str | Path) -> Config:
-    """The resolved config saved in a run directory."""
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise EdgestemError(f"{run}: not a run directory (no config.yaml)")
-    return load_config(path)
-
-
+# load_data, load_checkpoint, model_from_checkpoint and load_run_config live in edgestem.data.dataset
+# and edgestem.rundir; they stay importable from here for code written against earlier versions.
 __all__ = [
     "Stage",
     "TrainingData",

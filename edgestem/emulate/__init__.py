@@ -120,25 +120,16 @@ def emulate(
 
     import torch
 
-    from edgestem import strain as S
     from edgestem.data.noise import apply_noise
     from edgestem.data.preprocess import preprocess
-    from edgestem.errors import DataError
     from edgestem.evaluate import maps_from_affine, write_result
-    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
+    from edgestem.rundir import open_stage
 
     started = time.perf_counter()
-    state = load_checkpoint(run)
-    model, cfg = model_from_checkpoint(state)
+    stage = open_stage(run)
+    model, cfg = stage.model, stage.cfg
     be = get_backend(backend, run, **(options or {}))
-    d = load_data(data, cfg, dataset)
-    size = cfg.preprocess.size
-    if d.x.shape[-2:] != (size, size):
-        raise DataError(f"{data}: patterns pre-process to {d.x.shape[-2:]}, the run was trained on {size}x{size}")
-    try:
-        S.reference_mask(d.scan_shape, reference)
-    except ValueError as exc:
-        raise EdgestemError(str(exc)) from None
+    d = stage.read(data, dataset, reference)
     x = d.x
     if noise is not None:
         x = preprocess(apply_noise(d.raw, noise, np.random.default_rng([cfg.seed, 22])), cfg.preprocess)[:, None]
@@ -155,7 +146,7 @@ def emulate(
         results["check"] = check_against_reference(be, run, x, raw)
     with torch.no_grad():
         A = model.head(torch.from_numpy(raw)).numpy()
-    symmetry = state["symmetry"] if d.symmetry is None else d.symmetry
+    symmetry = stage.symmetry(d)
     maps = {backend: maps_from_affine(A, d.scan_shape, reference, symmetry)}
     return write_result(
         "emulate",

@@ -24,9 +24,10 @@ class Backend:
 
     def __init__(self, run: Path) -> None:
         from edgestem.export.finn import BUILD_REPORT, finn_python
-        from edgestem.export.registry import FIRMWARE_DIR, REPORT_FILE
+        from edgestem.export.registry import REPORT_FILE
+        from edgestem.rundir import firmware_dir
 
-        self.build_dir = Path(run) / FIRMWARE_DIR / "finn"
+        self.build_dir = firmware_dir(run, "finn")
         report = self.build_dir / REPORT_FILE
         built = self.build_dir / "report" / BUILD_REPORT
         if not report.is_file() or not built.is_file():

@@ -43,6 +43,7 @@ from edgestem.export.registry import (
     register,
     write_firmware_report,
 )
+from edgestem.rundir import firmware_dir
 
 BACKEND = "hls4ml"
 PROJECT = "encoder"  # hls4ml project name = HLS top function
@@ -280,7 +281,7 @@ def load_emulator(run: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     library reads its weights from the project's ``firmware/weights/`` by absolute path, so the
     project must stay where it was built.
     """
-    out = Path(run) / "firmware" / BACKEND
+    out = firmware_dir(run, BACKEND)
     report = out / REPORT_FILE
     if not report.is_file():
         raise EdgestemError(f"{run}: no hls4ml firmware ({report}); run edgestem firmware --backend hls4ml --run {run}")

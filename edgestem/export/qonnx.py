@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from edgestem.errors import DataError, EdgestemError, ToolMissingError
+from edgestem.rundir import EXPORT_DIR, PRUNE_DIR, QAT_DIR, checkpoint_path
 
 SOURCES = ("auto", "qat", "prune")
-EXPORT_DIR = "export"
 ONNX_FILE = "encoder.onnx"
 NCHW_FILE = "encoder_nchw.onnx"
 REPORT_FILE = "export.json"
@@ -63,7 +63,7 @@ class QuantizedRun:
             "stage": self.stage,
             "dir": os.path.relpath(self.path, run),
             "run": str(self.path),
-            "checkpoint": str(self.path / "checkpoint.pt"),
+            "checkpoint": str(checkpoint_path(self.path)),
             "sha256": self.sha256,
         }
 
@@ -90,9 +90,9 @@ def file_sha256(path: Path) -> str:
 
 def _quantized_stage(path: Path) -> str | None:
     """``qat``/``prune`` if ``path/checkpoint.pt`` holds a quantized model; None if it is float or missing."""
-    from edgestem.train import CHECKPOINT, load_checkpoint
+    from edgestem.rundir import load_checkpoint
 
-    if not (path / CHECKPOINT).is_file():
+    if not checkpoint_path(path).is_file():
         return None
     state = load_checkpoint(path)
     return str(state.get("stage", "qat")) if state.get("quant") else None
@@ -109,7 +109,7 @@ def find_source(run: str | Path, source: str = "auto") -> tuple[str, Path]:
         raise EdgestemError(f"--source {source!r}: choose {', '.join(SOURCES)}")
     if not run.is_dir():
         raise EdgestemError(f"{run}: no such run directory; train first (edgestem train --out {run})")
-    found = {name: run / name for name in ("prune", "qat") if _quantized_stage(run / name)}
+    found = {name: run / name for name in (PRUNE_DIR, QAT_DIR) if _quantized_stage(run / name)}
     own = _quantized_stage(run)
     if own in ("qat", "prune"):
         found.setdefault(own, run)
@@ -118,14 +118,14 @@ def find_source(run: str | Path, source: str = "auto") -> tuple[str, Path]:
         if name in found:
             return name, found[name]
     if source == "prune":
-        if (run / "prune" / "checkpoint.pt").is_file():
+        if checkpoint_path(run / PRUNE_DIR).is_file():
             raise EdgestemError(
                 f"{run}/prune holds a float model; firmware needs a quantized one: "
                 f"prune the QAT run (edgestem prune --run {run} --from qat) or use --source qat"
             )
-        raise EdgestemError(f"{run}: no pruned run ({run}/prune/checkpoint.pt); run edgestem prune first")
+        raise EdgestemError(f"{run}: no pruned run ({checkpoint_path(run / PRUNE_DIR)}); run edgestem prune first")
     raise EdgestemError(
-        f"{run}: no QAT checkpoint ({run}/qat/checkpoint.pt); run edgestem qat --run {run} first "
+        f"{run}: no QAT checkpoint ({checkpoint_path(run / QAT_DIR)}); run edgestem qat --run {run} first "
         "(firmware is made from the quantized encoder)"
     )
 
@@ -139,13 +139,13 @@ def load_quantized(run: str | Path, source: str = "auto") -> QuantizedRun:
 
 def load_checkpoint_dir(path: Path, stage: str) -> QuantizedRun:
     """A quantized run directory rebuilt as a Brevitas model (:class:`QuantizedRun`)."""
-    from edgestem.train import CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from edgestem.rundir import load_checkpoint, model_from_checkpoint
 
     state = load_checkpoint(path)
     if not state.get("quant"):
         raise EdgestemError(f"{path} holds a float model; run edgestem qat first")
     model, cfg = model_from_checkpoint(state)
-    return QuantizedRun(model.encoder.eval(), cfg, state, stage, Path(path), file_sha256(Path(path) / CHECKPOINT))
+    return QuantizedRun(model.encoder.eval(), cfg, state, stage, Path(path), file_sha256(checkpoint_path(path)))
 
 
 def sample_patterns(q: QuantizedRun, n: int, data: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +153,7 @@ def sample_patterns(q: QuantizedRun, n: int, data: str | Path | None = None) -> 
 
     Returns the model inputs ``(n, 1, H, W)`` float32 and their indices in the file.
     """
-    from edgestem.train import load_data
+    from edgestem.data.dataset import load_data
 
     if n < 1:
         raise EdgestemError(f"--patterns {n}: check at least 1 pattern")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edgestem.errors import ConfigError, EdgestemError
+from edgestem.rundir import firmware_dir
 
-FIRMWARE_DIR = "firmware"
 REPORT_FILE = "firmware.json"
 IO_TYPES = ("stream", "parallel")
 STRATEGIES = ("latency", "resource")
@@ -61,7 +61,7 @@ class FirmwareRequest:
                 raise ConfigError(message)
 
     def out_dir(self, backend: str) -> Path:
-        return Path(self.run) / FIRMWARE_DIR / backend
+        return firmware_dir(self.run, backend)
 
 
 def clear_project(out: Path) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
 from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, register, write_firmware_report
+from edgestem.rundir import firmware_dir
 
 BACKEND = "rtl"
 DESIGN = "encoder.v"
@@ -154,7 +155,7 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
 
 def load_project(run: str | Path) -> tuple[Path, dict[str, Any]]:
     """``RUN/firmware/rtl`` and its firmware.json metrics; a one-line error when it was not built."""
-    out = Path(run) / "firmware" / BACKEND
+    out = firmware_dir(run, BACKEND)
     report = out / REPORT_FILE
     if not report.is_file():
         raise EdgestemError(f"{run}: no RTL firmware ({report}); run edgestem firmware --backend rtl --run {run}")

@@ -21,6 +21,7 @@ from typing import Any
 from edgestem.errors import ConfigError, DataError
 from edgestem.export import reports
 from edgestem.export.boards import Board, board_for_part, load_board
+from edgestem.rundir import firmware_dir
 
 STAGES = ("impl", "synth")
 
@@ -38,7 +39,7 @@ def _find_csynth(run: Path) -> Path | None:
     copied = run / "hw" / "hls4ml" / "csynth.xml"
     if copied.is_file():
         return copied
-    hls_dir = run / "firmware" / "hls4ml"
+    hls_dir = firmware_dir(run, "hls4ml")
     name = hls4ml_project_name(hls_dir)
     if name is None:
         return None
@@ -96,18 +97,18 @@ def collect(run: Path) -> dict[str, Any]:
     if csynth is not None:
         hls["csynth"] = reports.parse_csynth_xml(csynth)
     viv = _vivado(run / "hw" / "hls4ml")
-    own = run / "firmware" / "hls4ml" / "vivado_synth.rpt"
+    own = firmware_dir(run, "hls4ml") / "vivado_synth.rpt"
     if viv is None and own.is_file():
         viv = {"stage": "synth", "utilization": reports.parse_utilization(own), "timing": None}
     if viv is not None:
         hls["vivado"] = viv
     if hls:
-        rf = reuse_factors(run / "firmware" / "hls4ml")
+        rf = reuse_factors(firmware_dir(run, "hls4ml"))
         if rf is not None:
             hls["reuse_factor"] = rf
         found["hls4ml"] = hls
     finn: dict[str, Any] = {}
-    report_dir = run / "firmware" / "finn" / "report"
+    report_dir = firmware_dir(run, "finn") / "report"
     if (report_dir / "estimate_network_performance.json").is_file():
         finn["estimate"] = reports.parse_finn_estimates(report_dir)
     if (report_dir / "ooc_synth_and_timing.json").is_file():
@@ -132,7 +133,7 @@ def _rtl(run: Path) -> dict[str, Any] | None:
     """yosys counts of the generated RTL and its latency (firmware.json), if ``--yosys`` ran."""
     import json
 
-    out = run / "firmware" / "rtl"
+    out = firmware_dir(run, "rtl")
     stat = out / "yosys" / "yosys.json"
     if not stat.is_file():
         return None

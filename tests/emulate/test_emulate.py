@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgestem.data.dataset import load_data
 from edgestem.emulate import (
     BACKENDS,
     EmulationMismatch,
@@ -18,7 +19,7 @@ from edgestem.emulate import (
 )
 from edgestem.errors import EdgestemError
 from edgestem.evaluate import noise_level
-from edgestem.train import load_data, load_run_config
+from edgestem.rundir import load_run_config
 
 
 def _x(run, tiny_h5, n=16):
