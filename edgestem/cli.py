@@ -17,6 +17,7 @@ import typer
 
 from edgestem import __version__
 from edgestem.errors import EdgestemError
+from edgestem.registry import EMULATORS, EXPORT_FORMATS, FIRMWARE
 
 app = typer.Typer(
     name="edgestem",
@@ -467,9 +468,7 @@ def prune(
 @_user_errors
 def emulate(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory (float, qat/, export/, firmware/ inside)."),
-    backend: str = typer.Option(
-        "brevitas", "--backend", "-b", help="torch, brevitas, qonnx, onnxruntime, hls4ml, finn or verilator."
-    ),
+    backend: str = typer.Option("brevitas", "--backend", "-b", help=f"Emulation backend: {EMULATORS.choices()}."),
     data: Path | None = typer.Option(None, "--data", "-d", help="Data file. [default: the run's training data]"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Maps file. [default: RUN/emulate/<backend>.h5]"),
     noise_w: float | None = typer.Option(None, "--noise-w", help="Background level w drawn on the patterns first."),
@@ -647,7 +646,9 @@ def run_all(
 @_user_errors
 def export(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory with a QAT (RUN/qat) or pruned (RUN/prune) model"),
-    fmt: str = typer.Option("qonnx", "--format", "-f", help="qonnx (firmware, FINN) or qcdq (ONNX Runtime on CPUs)."),
+    fmt: str = typer.Option(
+        "qonnx", "--format", "-f", help=f"{EXPORT_FORMATS.choices()} (qonnx: firmware; qcdq: ONNX Runtime on CPUs)."
+    ),
     source: str = typer.Option("auto", "--source", help="auto (RUN/prune if quantized, else RUN/qat), qat or prune."),
     patterns: int = typer.Option(200, "--patterns", help="Patterns of the run's data the export is verified on."),
     data: Path | None = typer.Option(None, "--data", "-d", help="Data for the verification. [default: the run's]"),
@@ -677,7 +678,7 @@ def export(
 @_user_errors
 def firmware(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory with RUN/export/encoder.onnx (edgestem export)."),
-    backend: str = typer.Option("hls4ml", "--backend", help="Firmware backend: hls4ml, finn or rtl."),
+    backend: str = typer.Option("hls4ml", "--backend", help=f"Firmware backend: {FIRMWARE.choices()}."),
     board: str = typer.Option("zcu104", "--board", help="Preset (zcu104, u250, pynq-z2), board YAML or AMD part."),
     clock_ns: float | None = typer.Option(None, "--clock-ns", help="Clock period in ns. [default: the board's]"),
     io: str = typer.Option("stream", "--io", help="stream (FIFOs between layers) or parallel (small inputs only)."),

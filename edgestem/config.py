@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgestem.errors import ConfigError
+from edgestem.registry import EMULATORS, FIRMWARE, Registry
 
 
 class Section(BaseModel):
@@ -366,19 +367,28 @@ class SweepConfig(Section):
     pruner_warmup_epochs: int = Field(2, ge=0, description="Median pruner: epochs of a trial before it can be pruned.")
 
 
+def _registered(registry: Registry, names: list[str]) -> list[str]:
+    """Every name must be in ``registry`` (a ValueError, so the error names the config key)."""
+    for name in names:
+        if name not in registry:
+            raise ValueError(registry.unknown(name))
+    return names
+
+
 class PipelineConfig(Section):
     """``edgestem run``: which optional steps run, firmware settings, the report's noise levels."""
 
     prune: bool = Field(False, description="Run the prune step (on the QAT model) before export.")
     export: bool = Field(True, description="Export the quantized encoder to QONNX (needed by firmware).")
-    firmware: list[Literal["hls4ml", "finn"]] = Field(["hls4ml"], description="Firmware backends to build.")
+    firmware: list[str] = Field(["hls4ml"], description=f"Firmware backends to build: {FIRMWARE.choices()}.")
     board: str = Field("zcu104", description="Board preset (configs/boards) or an FPGA part number.")
     clock_ns: float | None = Field(None, gt=0, description="Target clock period, ns; None = the board's.")
     io: Literal["stream", "parallel"] = Field("stream", description="hls4ml io_type (io_stream fits 64 x 64 inputs).")
     reuse: int = Field(1, ge=1, description="hls4ml reuse factor.")
     strategy: Literal["latency", "resource"] = Field("latency", description="hls4ml strategy.")
-    emulate: list[Literal["torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn"]] = Field(
-        ["hls4ml"], description="Backends the emulate step runs with --check on the training data."
+    emulate: list[str] = Field(
+        ["hls4ml"],
+        description=f"Backends the emulate step runs with --check on the training data: {EMULATORS.choices()}.",
     )
     report_noise_w: list[float] = Field(
         [0.0, 0.1, 0.25, 0.5, 0.7], description="Background levels of the degradation report."
@@ -386,6 +396,16 @@ class PipelineConfig(Section):
     report_dose: list[float] = Field([], description="Doses (e-/pattern) of the degradation report.")
     check_patterns: int = Field(64, ge=1, description="Patterns per level run through each emulated stage.")
     baseline: bool = Field(True, description="Classical baseline in the report.")
+
+    @field_validator("firmware")
+    @classmethod
+    def _known_firmware(cls, names: list[str]) -> list[str]:
+        return _registered(FIRMWARE, names)
+
+    @field_validator("emulate")
+    @classmethod
+    def _known_emulators(cls, names: list[str]) -> list[str]:
+        return _registered(EMULATORS, names)
 
 
 class Config(Section):

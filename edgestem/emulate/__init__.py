@@ -3,30 +3,19 @@
 A backend turns pre-processed patterns ``(N, 1, H, W)`` float32 into the encoder's four raw outputs
 ``(N, 4)``; everything before (reading, noise, the one pre-processing) and after (the bounded head,
 the one strain computation, metrics) is shared, so backends differ only in how the encoder runs.
-Backends are registered by name in :data:`BACKENDS` (name -> module); each module defines one
-``Backend`` class. Adding a backend is one file and one line here.
+Backends are registered by name in :data:`edgestem.registry.EMULATORS`; each module defines one
+``Backend`` class. Adding a backend is one file and one line in that registry.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from edgestem.errors import EdgestemError
-
-BACKENDS: dict[str, str] = {
-    "torch": "edgestem.emulate.float_torch",  # the float model (RUN/checkpoint.pt)
-    "brevitas": "edgestem.emulate.brevitas_qat",  # the quantized model in PyTorch: the reference
-    "qonnx": "edgestem.emulate.qonnx_exec",  # the exported QONNX graph, qonnx's executor
-    "onnxruntime": "edgestem.emulate.ort",  # the QCDQ export under ONNX Runtime
-    "hls4ml": "edgestem.emulate.hls4ml_cpp",  # the compiled hls4ml firmware C++
-    "finn": "edgestem.emulate.finn_exec",  # FINN's own execution, in its environment
-    "verilator": "edgestem.emulate.verilator_sim",  # the generated RTL (RUN/firmware/rtl/) under Verilator
-}
+from edgestem.registry import EMULATORS
 
 
 class Backend(Protocol):
@@ -41,17 +30,12 @@ class Backend(Protocol):
 
 
 def backend_names() -> list[str]:
-    return list(BACKENDS)
+    return EMULATORS.names()
 
 
 def get_backend(name: str, run: str | Path, **options: Any) -> Backend:
-    """Instantiate backend ``name`` for ``run`` (missing artifacts or tools: one-line errors)."""
-    if name not in BACKENDS:
-        raise EdgestemError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    if importlib.util.find_spec(BACKENDS[name]) is None:
-        raise EdgestemError(f"backend {name!r} is not part of this edgestem installation; reinstall edgestem")
-    module = importlib.import_module(BACKENDS[name])
-    return module.Backend(Path(run), **options)
+    """Instantiate backend ``name`` for ``run`` (unknown names, missing artifacts or tools: one-line errors)."""
+    return EMULATORS.get(name, "--backend")(Path(run), **options)
 
 
 def quantized_dir(run: str | Path) -> Path:
@@ -168,7 +152,6 @@ __all__ = [
     "EmulationMismatch",
     "check_against_reference",
     "emulate",
-    "BACKENDS",
     "Backend",
     "backend_names",
     "first_mismatch",

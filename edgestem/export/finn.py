@@ -46,7 +46,6 @@ from edgestem.export.registry import (
     FirmwareMismatch,
     FirmwareRequest,
     clear_project,
-    register,
     write_firmware_report,
 )
 
@@ -324,7 +323,6 @@ def execute(build_dir: Path, x: np.ndarray) -> np.ndarray:
         return np.load(outp).astype(np.float64)
 
 
-@register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """FINN build of a run: estimates and generated code (Vivado steps if available); returns ``firmware.json``."""
     return build_request(req, target_fps=req.target_fps)

@@ -40,7 +40,6 @@ from edgestem.export.registry import (
     FirmwareMismatch,
     FirmwareRequest,
     clear_project,
-    register,
     write_firmware_report,
 )
 from edgestem.rundir import firmware_dir
@@ -163,7 +162,6 @@ def _quiet(fn: Callable[[], Any], log: list[str]) -> Any:
         log.append(buf.getvalue())
 
 
-@register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """Write, compile and check the hls4ml project of a run; returns the ``firmware.json`` report."""
     from edgestem.atomic import write_text

@@ -138,3 +138,18 @@ def export_qcdq(
         "verification": {"indices": indices.tolist(), QCDQ_FILE: res},
         "seconds": {"export": round(export_s, 3), "verify": res["seconds"]},
     }
+
+
+def write_qcdq(
+    q: Any,
+    x: np.ndarray,
+    ref: np.ndarray,
+    idx: np.ndarray,
+    out: Path,
+    *,
+    data_path: str,
+    tolerance_lsb: int = 0,
+) -> tuple[dict[str, Any], dict[str, Path], str]:
+    """Export format ``qcdq`` (see :func:`edgestem.export.qonnx.export_run`): one graph for ONNX Runtime."""
+    metrics = export_qcdq(q, x, ref, idx, out / QCDQ_FILE, tolerance_lsb=tolerance_lsb)
+    return metrics, {"onnx": out / QCDQ_FILE}, QCDQ_REPORT

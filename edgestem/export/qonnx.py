@@ -519,15 +519,18 @@ def export_run(
     data: str | Path | None = None,
     tolerance_lsb: int = 0,
 ) -> dict[str, Any]:
-    """``edgestem export``: write ``RUN/export/`` (QONNX, or QCDQ with ``fmt="qcdq"``); returns the report.
+    """``edgestem export``: write ``RUN/export/`` in one format of the registry; returns the report.
 
-    ``tolerance_lsb`` applies to QCDQ only (output LSBs ONNX Runtime may differ by); QONNX must be exact.
+    The format's writer (:data:`edgestem.registry.EXPORT_FORMATS`: ``qonnx``, ``qcdq``) gets the
+    quantized model, sample patterns and their Brevitas outputs, writes its files into ``RUN/export/``
+    and returns its metrics, its output files and the name of its report. ``tolerance_lsb`` applies to
+    QCDQ only (output LSBs ONNX Runtime may differ by); QONNX must be exact.
     """
     from edgestem.atomic import write_json
+    from edgestem.registry import EXPORT_FORMATS
     from edgestem.runinfo import stage_report
 
-    if fmt not in ("qonnx", "qcdq"):
-        raise EdgestemError(f"--format {fmt!r}: choose qonnx or qcdq")
+    EXPORT_FORMATS.check(fmt, "--format")
     if patterns < 1:
         raise EdgestemError(f"--patterns {patterns}: check at least 1 pattern")
     t0 = time.perf_counter()
@@ -536,21 +539,31 @@ def export_run(
     ref = brevitas_outputs(q.encoder, x)
     out = Path(run) / EXPORT_DIR
     data_path = str(data if data is not None else q.state["data"]["path"])
-    if fmt == "qcdq":
-        from edgestem.export.qcdq import QCDQ_FILE, QCDQ_REPORT, export_qcdq
+    writer = EXPORT_FORMATS.get(fmt)
+    metrics, outputs, report_file = writer(q, x, ref, idx, out, data_path=data_path, tolerance_lsb=tolerance_lsb)
+    report = stage_report(
+        "export",
+        inputs={"run": run, "source": q.provenance(run), "data": data_path},
+        outputs=outputs,
+        config=q.cfg,
+        metrics={"format": fmt, "source": q.provenance(run), **metrics},
+        started=t0,
+    )
+    write_json(out / report_file, report)
+    return report
 
-        metrics = export_qcdq(q, x, ref, idx, out / QCDQ_FILE, tolerance_lsb=tolerance_lsb)
-        report = stage_report(
-            "export",
-            inputs={"run": run, "source": q.provenance(run), "data": data_path},
-            outputs={"onnx": out / QCDQ_FILE},
-            config=q.cfg,
-            metrics={"format": "qcdq", "source": q.provenance(run), **metrics},
-            started=t0,
-        )
-        write_json(out / QCDQ_REPORT, report)
-        return report
 
+def write_qonnx(
+    q: QuantizedRun,
+    x: np.ndarray,
+    ref: np.ndarray,
+    idx: np.ndarray,
+    out: Path,
+    *,
+    data_path: str,
+    tolerance_lsb: int = 0,
+) -> tuple[dict[str, Any], dict[str, Path], str]:
+    """Export format ``qonnx``: both graphs, verified exactly on ``x`` (``tolerance_lsb`` does not apply)."""
     size = q.cfg.preprocess.size
     t = time.perf_counter()
     nchw, nhwc = export_graphs(q.encoder, size)
@@ -566,8 +579,6 @@ def export_run(
     save_model(nchw, out / NCHW_FILE)
     save_model(nhwc, out / ONNX_FILE)
     metrics = {
-        "format": "qonnx",
-        "source": q.provenance(run),
         "files": {
             ONNX_FILE: "channels-last (NHWC) QONNX: input of hls4ml (edgestem firmware --backend hls4ml)",
             NCHW_FILE: "NCHW QONNX before the channels-last step: input of FINN",
@@ -583,16 +594,7 @@ def export_run(
             "cost": round(cost_s, 3),
         },
     }
-    report = stage_report(
-        "export",
-        inputs={"run": run, "source": q.provenance(run), "data": data_path},
-        outputs={"onnx": out / ONNX_FILE, "onnx_nchw": out / NCHW_FILE},
-        config=q.cfg,
-        metrics=metrics,
-        started=t0,
-    )
-    write_json(out / REPORT_FILE, report)
-    return report
+    return metrics, {"onnx": out / ONNX_FILE, "onnx_nchw": out / NCHW_FILE}, REPORT_FILE
 
 
 __all__ = [
@@ -610,4 +612,5 @@ __all__ = [
     "sample_patterns",
     "verify",
     "verify_file",
+    "write_qonnx",
 ]

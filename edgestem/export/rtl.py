@@ -27,7 +27,7 @@ import numpy as np
 
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, register, write_firmware_report
+from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, write_firmware_report
 from edgestem.rundir import firmware_dir
 
 BACKEND = "rtl"
@@ -75,7 +75,6 @@ def simulate_project(out: Path, net: Any, xq: np.ndarray, build: bool = True) ->
     return y, facts
 
 
-@register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """Generate the RTL of a run, check it against Brevitas (integer model; Verilator when installed)."""
     from edgestem.export import intnet, rtlsim, verilog

@@ -9,7 +9,6 @@ import pytest
 
 from edgestem.data.dataset import load_data
 from edgestem.emulate import (
-    BACKENDS,
     EmulationMismatch,
     check_against_reference,
     emulate,
@@ -19,6 +18,7 @@ from edgestem.emulate import (
 )
 from edgestem.errors import EdgestemError
 from edgestem.evaluate import noise_level
+from edgestem.registry import EMULATORS
 from edgestem.rundir import load_run_config
 
 
@@ -27,8 +27,8 @@ def _x(run, tiny_h5, n=16):
 
 
 def test_registry_lists_every_backend_and_rejects_unknown(tiny_qat_run):
-    assert {"torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn", "verilator"} <= set(BACKENDS)
-    with pytest.raises(EdgestemError, match="unknown backend 'verilog'"):
+    assert {"torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn", "verilator"} <= set(EMULATORS.names())
+    with pytest.raises(EdgestemError, match="unknown emulation backend 'verilog': choose one of torch, brevitas"):
         get_backend("verilog", tiny_qat_run)
 
 
