@@ -391,20 +391,9 @@ def _name_values(text: str, option: str) -> dict[str, int]:
 
 def _eval_levels(noise_w: str | None, dose: str | None) -> list[tuple[str, Any]] | None:
     """Noise levels from '0,0.25,0.5' (background w) or '1e4,1e3' (dose); None when neither is given."""
-    from edgestem.evaluate import noise_level
+    from edgestem.data.noise import parse_levels
 
-    if noise_w and dose:
-        raise EdgestemError("give either --eval-noise-w or --eval-dose, not both")
-    text, axis = (noise_w, "w") if noise_w else (dose, "dose")
-    if not text:
-        return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise EdgestemError(f"noise levels {text!r}: give numbers separated by commas") from None
-    if any(v < 0 or (axis == "w" and v >= 1) or (axis == "dose" and v <= 0) for v in values):
-        raise EdgestemError(f"noise levels {text!r}: w must lie in [0, 1), doses must be > 0")
-    return [(f"{axis}={v:g}", noise_level(v, axis)) for v in values]
+    return parse_levels(noise_w, dose)
 
 
 @app.command()
@@ -482,15 +471,13 @@ def emulate(
     dataset: str | None = DatasetOpt,
 ) -> None:
     """Strain maps through one backend (float, Brevitas, QONNX, ONNX Runtime, hls4ml C++, FINN), like `strain`."""
+    from edgestem.data.noise import noise_at
     from edgestem.emulate import emulate as emulate_run
-    from edgestem.evaluate import noise_level
     from edgestem.rundir import emulate_path, trained_on
 
     if noise_w is not None and dose is not None:
         raise EdgestemError("give either --noise-w or --dose, not both")
-    noise = (
-        noise_level(noise_w, "w") if noise_w is not None else noise_level(dose, "dose") if dose is not None else None
-    )
+    noise = noise_at("w", noise_w) if noise_w is not None else noise_at("dose", dose) if dose is not None else None
     if data is None:
         data = trained_on(run)
     out = out or emulate_path(run, backend)

@@ -70,6 +70,7 @@ def degradation(
     from edgestem.data.preprocess import preprocess
     from edgestem.emulate import get_backend
     from edgestem.rundir import open_stage
+    from edgestem.seeds import rng
 
     run = Path(run)
     stage = open_stage(run)
@@ -82,7 +83,7 @@ def degradation(
     models = _stage_models(run)
     emus = _emulated(run, emulated)
     brevitas = get_backend("brevitas", run) if emus else None
-    sample = np.sort(np.random.default_rng([cfg.seed, 24]).permutation(len(d.x))[:check_patterns])
+    sample = np.sort(rng(cfg.seed, "report_sample").permutation(len(d.x))[:check_patterns])
     rows: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
 
@@ -93,7 +94,7 @@ def degradation(
         rows.append({"stage": stage, "noise": label, **strain_mae(maps, truth, reference), "via": via or stage})
 
     for i, (label, noise) in enumerate(levels):
-        noisy = d.raw if noise is None else apply_noise(d.raw, noise, np.random.default_rng([cfg.seed, 23, i]))
+        noisy = d.raw if noise is None else apply_noise(d.raw, noise, rng(cfg.seed, "report", i))
         x = np.ascontiguousarray(preprocess(noisy, cfg.preprocess)[:, None])
         outputs = {}
         for name, be in models.items():

@@ -194,16 +194,6 @@ def strain_from_run(
     )
 
 
-def noise_level(spec: str | float, axis: str) -> Any:
-    """A :class:`~edgestem.config.NoiseConfig` for one level: ``axis`` "w" (background) or "dose"."""
-    from edgestem.config import NoiseConfig
-
-    value = float(spec)
-    if axis == "w":
-        return NoiseConfig(model="background", w=value) if value > 0 else NoiseConfig(model="none")
-    return NoiseConfig(model="dose", dose=value)
-
-
 def compare_models(
     models: dict[str, Any],
     raw: np.ndarray,
@@ -218,17 +208,19 @@ def compare_models(
 
     ``raw``: patterns (N, Qx, Qy) as read (clean, when ``levels`` add noise); ``levels``: pairs
     (label, NoiseConfig) applied with a generator seeded from ``cfg.seed`` and the level's index, so
-    every model sees the same noisy patterns; None = the patterns as they are. Every model goes
+    every model sees the same noisy patterns (stream ``compare`` of :mod:`edgestem.seeds`); None = the
+    patterns as they are. Every model goes
     through the one pre-processing and the one strain computation. Returns one row per (level,
     model) with the MAE per component (strain in %, theta in degrees).
     """
     from edgestem.data.noise import apply_noise
     from edgestem.data.preprocess import preprocess
+    from edgestem.seeds import rng
 
     truth = label_maps(labels, reference, symmetry)
     rows = []
     for i, (label, noise) in enumerate(levels or [("as read", None)]):
-        noisy = raw if noise is None else apply_noise(raw, noise, np.random.default_rng([cfg.seed, 21, i]))
+        noisy = raw if noise is None else apply_noise(raw, noise, rng(cfg.seed, "compare", i))
         x = preprocess(noisy, cfg.preprocess)[:, None]
         for name, model in models.items():
             maps = maps_from_affine(predict_affine(model, x), scan_shape, reference, symmetry)

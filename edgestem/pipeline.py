@@ -139,12 +139,11 @@ def _emulate(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
+    from edgestem.data.noise import noise_levels
     from edgestem.degradation import degradation, write_report
-    from edgestem.evaluate import noise_level
 
     p = cfg.pipeline
-    levels = [(f"w={w:g}", noise_level(w, "w")) for w in p.report_noise_w]
-    levels += [(f"dose={d:g}", noise_level(d, "dose")) for d in p.report_dose]
+    levels = noise_levels(p.report_noise_w, "w") + noise_levels(p.report_dose, "dose")
     res = degradation(out, _clean(out), levels, check_patterns=p.check_patterns, baseline=p.baseline)
     write_report(out, res, out / REPORT_DIR, data=str(_clean(out)))
     return {"stages": res["stages"]}

@@ -94,7 +94,7 @@ FIRMWARE = Registry(
     },
 )
 
-# Exported model files (edgestem export --format): a writer, see edgestem.export.qonnx.export_run.
+# Exported model files (edgestem export --format): a writer taking an edgestem.export.qonnx.ExportJob.
 EXPORT_FORMATS = Registry(
     "export format",
     {

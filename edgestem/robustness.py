@@ -40,13 +40,13 @@ import numpy as np
 
 from edgestem.config import AugmentConfig, Config, NoiseConfig, RobustnessConfig, load_config
 from edgestem.errors import ConfigError, EdgestemError
+from edgestem.seeds import level_seed
 
 METRICS = ("loss", "exx", "eyy", "exy", "theta")
 UNITS = {"loss": "", "exx": "%", "eyy": "%", "exy": "%", "theta": "deg"}
 BASES = ("noise-free", "same-noise")
 COLUMNS = ("axis", "method", "train", "test", "seed", "base", "metric", "unit", "value", "status", "error")
 STRAIN = ("exx", "eyy", "exy")
-_TEST_NOISE_STREAM = 21  # seeds of the test columns' noise draws, derived from the config seed
 # The config sections a study's numbers depend on (a resumed study must match them; qat:,
 # export settings and the like may change in between).
 STUDY_SECTIONS = ("seed", "simulate", "preprocess", "model", "loss", "train", "robustness")
@@ -64,9 +64,9 @@ def level_name(level: float) -> str:
 
 def noise_for(rc: RobustnessConfig, level: float) -> NoiseConfig:
     """The noise model of one level on the study's axis."""
-    if rc.axis == "background":
-        return NoiseConfig(model="background", w=level, counts_per_probe=rc.counts_per_probe)
-    return NoiseConfig(model="dose", dose=level)
+    from edgestem.data.noise import noise_at
+
+    return noise_at(rc.axis, level, rc.counts_per_probe)
 
 
 def check_levels(rc: RobustnessConfig) -> None:
@@ -141,8 +141,7 @@ def prepare_data(cfg: Config, folder: Path, log: Callable[[str], None] = print) 
     for level in rc.test_levels:
         path = folder / f"test-{level_name(level)}.h5"
         if not path.is_file():
-            seed = np.random.SeedSequence([cfg.seed, _TEST_NOISE_STREAM, round(level * 1e6)]).generate_state(1)[0]
-            add_noise_to_file(test_clean, path, noise_for(rc, level), seed=int(seed) % 2**31)
+            add_noise_to_file(test_clean, path, noise_for(rc, level), seed=level_seed(cfg.seed, level))
         columns.append(TestColumn(float(level), path, load_data(path, cfg).x))
     return StudyData(
         clean=clean,

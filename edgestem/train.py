@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from edgestem import __version__
-from edgestem.config import Config, NoiseConfig, save_config
+from edgestem.config import Config, save_config
 from edgestem.data.dataset import TrainingData, load_data
-from edgestem.data.noise import apply_noise
+from edgestem.data.noise import apply_noise, noise_at
 from edgestem.data.preprocess import preprocess
 from edgestem.distributed import World
 from edgestem.errors import DataError, EdgestemError
@@ -40,8 +40,10 @@ from edgestem.rundir import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from edgestem.seeds import STREAMS
 
-_SPLIT, _SHUFFLE, _AUGMENT = 11, 12, 13  # random streams derived from the config seed
+# Random streams derived from the config seed: the one table of edgestem/seeds.py.
+_SPLIT, _SHUFFLE, _AUGMENT, _DICTIONARY = (STREAMS[k] for k in ("split", "shuffle", "augment", "dictionary"))
 
 
 class TrainingError(EdgestemError):
@@ -82,7 +84,7 @@ def build_model(cfg: Config, data: TrainingData, train_idx: np.ndarray, layers: 
     init = np.repeat(mean[None], cfg.model.dictionaries, axis=0)
     if cfg.model.dictionaries > 1:
         # Distinct starting points: means of a seeded partition of the training patterns.
-        parts = np.array_split(_rng(cfg.seed, 14).permutation(train_idx), cfg.model.dictionaries)
+        parts = np.array_split(_rng(cfg.seed, _DICTIONARY).permutation(train_idx), cfg.model.dictionaries)
         init = np.stack([data.x[p, 0].mean(axis=0) for p in parts])
     torch.manual_seed(cfg.seed)
     return CCSTAE(cfg.model, cfg.preprocess.size, data.symmetry, init, mask, layers, smooth_px=cfg.loss.smooth_px)
@@ -92,10 +94,7 @@ def _augment(raw: np.ndarray, cfg: Config, rng: np.random.Generator) -> np.ndarr
     """Noise drawn on the fly at a level drawn for the batch, then the one pre-processing."""
     aug = cfg.train.augment
     level = float(aug.levels[rng.integers(len(aug.levels))])
-    if aug.model == "background":
-        noise = NoiseConfig(model="background", w=level, counts_per_probe=aug.counts_per_probe)
-    else:
-        noise = NoiseConfig(model="dose", dose=level)
+    noise = noise_at(aug.model, level, aug.counts_per_probe)
     return preprocess(apply_noise(raw, noise, rng), cfg.preprocess)[:, None]
 
 

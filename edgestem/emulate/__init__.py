@@ -96,7 +96,8 @@ def emulate(
 ) -> dict[str, Any]:
     """``edgestem emulate``: strain maps of ``data`` through one backend, written like ``edgestem strain``.
 
-    ``noise`` (a NoiseConfig) is drawn on the patterns first, seeded from the run's config. With
+    ``noise`` (a NoiseConfig) is drawn on the patterns first, seeded from the run's config (stream
+    ``emulate`` of :mod:`edgestem.seeds`). With
     ``check`` the raw outputs are compared with the Brevitas reference (see
     :func:`check_against_reference`); a bit-exact backend that differs writes nothing and raises.
     """
@@ -108,6 +109,7 @@ def emulate(
     from edgestem.data.preprocess import preprocess
     from edgestem.evaluate import maps_from_affine, write_result
     from edgestem.rundir import open_stage
+    from edgestem.seeds import rng
 
     started = time.perf_counter()
     stage = open_stage(run)
@@ -116,7 +118,7 @@ def emulate(
     d = stage.read(data, dataset, reference)
     x = d.x
     if noise is not None:
-        x = preprocess(apply_noise(d.raw, noise, np.random.default_rng([cfg.seed, 22])), cfg.preprocess)[:, None]
+        x = preprocess(apply_noise(d.raw, noise, rng(cfg.seed, "emulate")), cfg.preprocess)[:, None]
     t0 = time.perf_counter()
     raw = be.predict(np.ascontiguousarray(x, dtype=np.float32))
     seconds = time.perf_counter() - t0

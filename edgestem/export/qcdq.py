@@ -140,16 +140,11 @@ def export_qcdq(
     }
 
 
-def write_qcdq(
-    q: Any,
-    x: np.ndarray,
-    ref: np.ndarray,
-    idx: np.ndarray,
-    out: Path,
-    *,
-    data_path: str,
-    tolerance_lsb: int = 0,
-) -> tuple[dict[str, Any], dict[str, Path], str]:
-    """Export format ``qcdq`` (see :func:`edgestem.export.qonnx.export_run`): one graph for ONNX Runtime."""
-    metrics = export_qcdq(q, x, ref, idx, out / QCDQ_FILE, tolerance_lsb=tolerance_lsb)
-    return metrics, {"onnx": out / QCDQ_FILE}, QCDQ_REPORT
+def write_qcdq(job: Any) -> tuple[dict[str, Any], dict[str, Path], str]:
+    """Export format ``qcdq`` (an :class:`~edgestem.export.qonnx.ExportJob`): one graph for ONNX Runtime."""
+    path = job.out / QCDQ_FILE
+    return (
+        export_qcdq(job.q, job.x, job.ref, job.idx, path, tolerance_lsb=job.tolerance_lsb),
+        {"onnx": path},
+        QCDQ_REPORT,
+    )

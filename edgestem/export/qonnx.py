@@ -510,6 +510,21 @@ def exported(run: str | Path, filename: str = ONNX_FILE) -> tuple[Path, dict[str
     return path, metrics, q
 
 
+@dataclass
+class ExportJob:
+    """What an export format's writer gets: the quantized model, sample patterns (model inputs), their
+    Brevitas outputs and indices in the data file, the folder to write to; it returns its metrics,
+    its output files and the name of its report."""
+
+    q: QuantizedRun
+    x: np.ndarray
+    ref: np.ndarray
+    idx: np.ndarray
+    out: Path
+    data_path: str
+    tolerance_lsb: int = 0
+
+
 def export_run(
     run: str | Path,
     *,
@@ -521,9 +536,9 @@ def export_run(
 ) -> dict[str, Any]:
     """``edgestem export``: write ``RUN/export/`` in one format of the registry; returns the report.
 
-    The format's writer (:data:`edgestem.registry.EXPORT_FORMATS`: ``qonnx``, ``qcdq``) gets the
-    quantized model, sample patterns and their Brevitas outputs, writes its files into ``RUN/export/``
-    and returns its metrics, its output files and the name of its report. ``tolerance_lsb`` applies to
+    The format's writer (:data:`edgestem.registry.EXPORT_FORMATS`: ``qonnx``, ``qcdq``) gets an
+    :class:`ExportJob`, writes its files into ``RUN/export/`` and returns its metrics, its output
+    files and the name of its report. ``tolerance_lsb`` applies to
     QCDQ only (output LSBs ONNX Runtime may differ by); QONNX must be exact.
     """
     from edgestem.atomic import write_json
@@ -540,7 +555,7 @@ def export_run(
     out = Path(run) / EXPORT_DIR
     data_path = str(data if data is not None else q.state["data"]["path"])
     writer = EXPORT_FORMATS.get(fmt)
-    metrics, outputs, report_file = writer(q, x, ref, idx, out, data_path=data_path, tolerance_lsb=tolerance_lsb)
+    metrics, outputs, report_file = writer(ExportJob(q, x, ref, idx, out, data_path, tolerance_lsb))
     report = stage_report(
         "export",
         inputs={"run": run, "source": q.provenance(run), "data": data_path},
@@ -553,17 +568,9 @@ def export_run(
     return report
 
 
-def write_qonnx(
-    q: QuantizedRun,
-    x: np.ndarray,
-    ref: np.ndarray,
-    idx: np.ndarray,
-    out: Path,
-    *,
-    data_path: str,
-    tolerance_lsb: int = 0,
-) -> tuple[dict[str, Any], dict[str, Path], str]:
-    """Export format ``qonnx``: both graphs, verified exactly on ``x`` (``tolerance_lsb`` does not apply)."""
+def write_qonnx(job: ExportJob) -> tuple[dict[str, Any], dict[str, Path], str]:
+    """Export format ``qonnx``: both graphs, verified exactly on ``job.x`` (``tolerance_lsb`` does not apply)."""
+    q, x, ref, idx, out = job.q, job.x, job.ref, job.idx, job.out
     size = q.cfg.preprocess.size
     t = time.perf_counter()
     nchw, nhwc = export_graphs(q.encoder, size)
@@ -587,7 +594,7 @@ def write_qonnx(
         "tensors": quant_tensors(nhwc),
         "power_of_two": True,
         "cost": cost,
-        "verification": {"data": data_path, "indices": idx.tolist(), **verification},
+        "verification": {"data": job.data_path, "indices": idx.tolist(), **verification},
         "seconds": {
             "export": round(export_s, 3),
             "verify": round(sum(v["seconds"] for v in verification.values()), 3),
@@ -598,6 +605,7 @@ def write_qonnx(
 
 
 __all__ = [
+    "ExportJob",
     "QuantizedRun",
     "check_power_of_two",
     "compare",

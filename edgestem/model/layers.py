@@ -140,19 +140,19 @@ class BrevitasLayers:
             act_quant=self.q["sact"], bit_width=self.spec.bits_of("output"), return_quant_tensor=False
         )
 
+    def _weighted(self, name: str) -> dict[str, Any]:
+        """Quantizers of a conv or linear layer: its weights at its bit width, integer biases."""
+        return {
+            "bias": True,
+            "weight_quant": self.q["weight"],
+            "weight_bit_width": self.spec.bits_of(name),
+            "bias_quant": self.q["bias"],
+            "bias_bit_width": self.spec.bias_bits,
+            "return_quant_tensor": True,
+        }
+
     def conv(self, name: str, c_in: int, c_out: int, kernel: int) -> nn.Module:
-        return self.qnn.QuantConv2d(
-            c_in,
-            c_out,
-            kernel,
-            padding=kernel // 2,
-            bias=True,
-            weight_quant=self.q["weight"],
-            weight_bit_width=self.spec.bits_of(name),
-            bias_quant=self.q["bias"],
-            bias_bit_width=self.spec.bias_bits,
-            return_quant_tensor=True,
-        )
+        return self.qnn.QuantConv2d(c_in, c_out, kernel, padding=kernel // 2, **self._weighted(name))
 
     def batchnorm(self, name: str, channels: int) -> nn.Module:
         raise ConfigError("the quantized encoder has no BatchNorm: fold it first (fold_batchnorm)")
@@ -164,16 +164,7 @@ class BrevitasLayers:
         return nn.MaxPool2d(2)
 
     def linear(self, name: str, n_in: int, n_out: int, last: bool) -> nn.Module:
-        return self.qnn.QuantLinear(
-            n_in,
-            n_out,
-            bias=True,
-            weight_quant=self.q["weight"],
-            weight_bit_width=self.spec.bits_of(name),
-            bias_quant=self.q["bias"],
-            bias_bit_width=self.spec.bias_bits,
-            return_quant_tensor=True,
-        )
+        return self.qnn.QuantLinear(n_in, n_out, **self._weighted(name))
 
 
 __all__ = ["BrevitasLayers", "FloatLayers", "LayerFactory", "QUANT_FORMAT", "QuantSpec"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgestem.data.dataset import load_data
+from edgestem.data.noise import noise_at
 from edgestem.emulate import (
     EmulationMismatch,
     check_against_reference,
@@ -17,7 +18,6 @@ from edgestem.emulate import (
     quantized_dir,
 )
 from edgestem.errors import EdgestemError
-from edgestem.evaluate import noise_level
 from edgestem.registry import EMULATORS
 from edgestem.rundir import load_run_config
 
@@ -62,13 +62,13 @@ def test_check_names_the_first_mismatch_of_an_exact_backend(tiny_qat_run, tiny_h
 
 def test_emulate_writes_maps_and_metrics_like_strain(tiny_qat_run, tiny_h5, tmp_path):
     out = tmp_path / "b.h5"
-    res = emulate(tiny_qat_run, "brevitas", tiny_h5, out, noise=noise_level(0.25, "w"), check=True)
+    res = emulate(tiny_qat_run, "brevitas", tiny_h5, out, noise=noise_at("w", 0.25), check=True)
     assert res["check"]["mismatching_patterns"] == 0 and res["patterns"] == 64
     assert set(res["mae"]["brevitas"]) == {"exx", "eyy", "exy", "theta"}
     saved = json.loads((tmp_path / "b.h5.json").read_text())
     assert saved["stage"] == "emulate" and saved["metrics"]["noise"]["w"] == 0.25
     # The same noise draw every time: the same numbers.
-    again = emulate(tiny_qat_run, "brevitas", tiny_h5, tmp_path / "c.h5", noise=noise_level(0.25, "w"))
+    again = emulate(tiny_qat_run, "brevitas", tiny_h5, tmp_path / "c.h5", noise=noise_at("w", 0.25))
     assert again["mae"] == res["mae"]
 
 
@@ -132,5 +132,5 @@ def test_tiny_model_to_bit_exact_firmware_emulation(tiny_qat_run, tiny_h5, tmp_p
         saved = json.loads((tmp_path / f"{backend}.h5.json").read_text())["metrics"]
         assert saved["check"]["patterns"] == 64 and saved["check"]["mismatching_patterns"] == 0, backend
     # The firmware's maps are the Brevitas model's maps: same outputs, same strain.
-    ref = emulate(run, "brevitas", tiny_h5, tmp_path / "b.h5", noise=noise_level(0.25, "w"))
+    ref = emulate(run, "brevitas", tiny_h5, tmp_path / "b.h5", noise=noise_at("w", 0.25))
     assert json.loads((tmp_path / "hls4ml.h5.json").read_text())["metrics"]["mae"]["hls4ml"] == ref["mae"]["brevitas"]
