@@ -72,7 +72,7 @@ class SpecimenConfig(Section):
 
 
 class NoiseConfig(Section):
-    """Noise models of SCIENCE.md section 4; all draws are seeded."""
+    """Noise models (docs/science.md, "Noise models"); all draws are seeded."""
 
     model: Literal["none", "background", "dose"] = Field(
         "none", description="background: Lorentzian background weight w + Poisson; dose: Poisson at a dose."
@@ -285,7 +285,7 @@ class PruneConfig(Section):
 
 
 class RobustnessConfig(Section):
-    """Train-noise x test-noise grid (``edgestem robustness``, SCIENCE.md section 6)."""
+    """Train-noise x test-noise grid (``edgestem robustness``, docs/robustness.md)."""
 
     axis: Literal["background", "dose"] = Field(
         "background", description="Noise axis: background weight w (Poisson at counts_per_probe) or dose (e-/pattern)."

@@ -1,4 +1,4 @@
-"""Strain maps from a model and the metrics of SCIENCE.md section 6.
+"""Strain maps from a model and the metrics of docs/science.md ("What is measured").
 
 Predictions and labels both go through :func:`edgestem.strain.strain_from_affine` with the same
 reference region, so they are compared in the same frame.

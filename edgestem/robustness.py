@@ -1,4 +1,4 @@
-"""Train-noise x test-noise robustness grid (SCIENCE.md section 6): ``edgestem robustness``.
+"""Train-noise x test-noise robustness grid (docs/robustness.md): ``edgestem robustness``.
 
 For every training row (one noise level, or the mixed row that draws a level per batch) and every
 seed, the CC-ST-AE trains without labels on the clean simulated scan with fresh noise on every

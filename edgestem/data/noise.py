@@ -1,4 +1,4 @@
-"""Seeded noise models of SCIENCE.md section 4: Lorentzian background + Poisson, dose-limited Poisson,
+"""Seeded noise models (docs/science.md, "Noise models"): Lorentzian background + Poisson, dose-limited Poisson,
 detector read noise and hot pixels.
 
 Units of the output:

@@ -1,4 +1,4 @@
-"""Kinematic 4D-STEM simulator with strain labels (SCIENCE.md sections 1 and 5).
+"""Kinematic 4D-STEM simulator with strain labels (docs/science.md, "The built-in simulator").
 
 Each pattern is a lattice of soft-edged Bragg disks. A deformation ``F = R(theta) (I + eps)`` moves
 the diffracted disks to ``g' = A g`` with ``A = F^-T`` (:func:`edgestem.strain.affine_from_deformation`);

@@ -51,7 +51,7 @@ LOG_FILE = "hls4ml.log"
 # hls4ml's default type, used only where a precision cannot be inferred from the quantizers.
 DEFAULT_PRECISION = "fixed<16,6>"
 # io_parallel partitions every feature map into registers: beyond this many values in the first
-# conv's output it is not a realistic design, and its C++ takes minutes to compile (TOOLCHAIN.md:
+# conv's output it is not a realistic design, and its C++ takes minutes to compile (docs/toolchain.md:
 # 64 x 64 input, about 200 s at -O3).
 MAX_PARALLEL_VALUES = 4096
 

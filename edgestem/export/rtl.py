@@ -2,7 +2,7 @@
 
 Our own generator from the exported QONNX graph (``RUN/export/encoder_nchw.onnx``), not da4ml or
 hls4ml's ``distributed_arithmetic`` strategy: da4ml's optimiser ran over 30 minutes on one
-1024 -> 6 dense layer (TOOLCHAIN.md), so a fully unrolled design of the 3.3 M-MAC encoder is out
+1024 -> 6 dense layer (docs/toolchain.md), so a fully unrolled design of the 3.3 M-MAC encoder is out
 of reach, while a layer-sequential datapath with one MAC per layer (``edgestem.export.verilog``)
 is generated in a second, simulates the whole encoder in Verilator and synthesises with yosys.
 It is the small and slow end of the design space (about one cycle per MAC), next to FINN's

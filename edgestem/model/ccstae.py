@@ -1,4 +1,4 @@
-"""The cycle-consistent spatial-transforming autoencoder around the encoder (SCIENCE.md section 2).
+"""The cycle-consistent spatial-transforming autoencoder around the encoder (docs/science.md, "The model").
 
 Host side only: the bounded parameter head, the dictionary of canonical patterns, the spatial
 transformer (``affine_grid`` + ``grid_sample``, never on the FPGA) and the cycle-consistent loss.
