@@ -507,7 +507,7 @@ def synth_report(
     ),
 ) -> None:
     """Summarise HLS, Vivado and FINN reports: latency, II, LUT/FF/DSP/BRAM, slack, utilisation."""
-    from edgestem.export.synth_report import format_table, synth_report
+    from edgestem.firmware.synth_report import format_table, synth_report
 
     res = synth_report(run, board=board, json_out=json_out, yosys=yosys)
     where = "" if res["board"] is None else f" on {res['board']['name']} ({res['board']['part']})"
@@ -528,8 +528,8 @@ def budget(
     json_out: Path | None = typer.Option(None, "--json", help="Output JSON. [default: RUN/budget.json]"),
 ) -> None:
     """Does the encoder keep up with the detector? Speed-up, FINN folding or hls4ml reuse factor needed."""
-    from edgestem.export.budget import budget as run_budget
-    from edgestem.export.budget import format_budget
+    from edgestem.targets.budget import budget as run_budget
+    from edgestem.targets.budget import format_budget
 
     res = run_budget(run, detector=detector, board=board, clock_ns=clock_ns, json_out=json_out)
     typer.echo(format_budget(res))
@@ -679,7 +679,7 @@ def firmware(
     ),
 ) -> None:
     """Firmware project from the exported encoder into RUN/firmware/<backend>/, C++ emulation checked bit-exact."""
-    from edgestem.export.registry import build_firmware
+    from edgestem.firmware.registry import build_firmware
 
     if target_fps is not None and backend != "finn":
         raise EdgestemError(f"--target-fps: only --backend finn folds for a frame rate, not {backend}")
@@ -707,7 +707,7 @@ def firmware(
             f"bit-exact (max |diff| {c['max_abs_diff']:.3g}), {c['patterns_per_second']:.0f} patterns/s"
         )
     if "estimate" in m:  # FINN: resources, frames/s and the target frame rate
-        from edgestem.export.finn import format_summary
+        from edgestem.firmware.finn import format_summary
 
         typer.echo(format_summary(m, check=False))
 

@@ -110,7 +110,7 @@ def _export(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _firmware(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
-    from edgestem.export.registry import build_firmware
+    from edgestem.firmware.registry import build_firmware
 
     p = cfg.pipeline
     done = {}

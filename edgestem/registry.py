@@ -88,9 +88,9 @@ EMULATORS = Registry(
 FIRMWARE = Registry(
     "firmware backend",
     {
-        "hls4ml": "edgestem.export.hls4ml:build",
-        "finn": "edgestem.export.finn:build",
-        "rtl": "edgestem.export.rtl:build",
+        "hls4ml": "edgestem.firmware.hls4ml:build",
+        "finn": "edgestem.firmware.finn:build",
+        "rtl": "edgestem.firmware.rtl:build",
     },
 )
 

@@ -100,7 +100,7 @@ def test_tiny_model_to_bit_exact_firmware_emulation(tiny_qat_run, tiny_h5, tmp_p
     import shutil
 
     from edgestem.export.qonnx import export_run
-    from edgestem.export.registry import build_firmware
+    from edgestem.firmware.registry import build_firmware
 
     run = tmp_path / "run"
     shutil.copytree(tiny_qat_run, run)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from edgestem.errors import ConfigError, DataError
-from edgestem.export import reports
-from edgestem.export.boards import Board, board_for_part, load_board
+from edgestem.firmware import reports
 from edgestem.rundir import firmware_dir
+from edgestem.targets.boards import Board, board_for_part, load_board
 
 STAGES = ("impl", "synth")
 
@@ -322,15 +322,15 @@ def synth_report(
 ) -> dict[str, Any]:
     """Collect, summarise and write ``json_out`` (default ``RUN/synth-report.json``); returns the report.
 
-    ``yosys``: first synthesise the generated RTL (``RUN/firmware/rtl``) with yosys (:mod:`edgestem.export.yosys`).
+    ``yosys``: first synthesise the generated RTL (``RUN/firmware/rtl``) with yosys (:mod:`edgestem.firmware.yosys`).
     """
     from edgestem.atomic import write_json
     from edgestem.runinfo import versions
 
     run = Path(run)
     if yosys:
-        from edgestem.export.rtl import load_project
-        from edgestem.export.yosys import synthesize
+        from edgestem.firmware.rtl import load_project
+        from edgestem.firmware.yosys import synthesize
 
         rtl_dir, rtl_metrics = load_project(run)
         synthesize(rtl_dir, part=board_part(board) or rtl_metrics.get("part"))

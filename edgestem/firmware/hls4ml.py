@@ -35,7 +35,7 @@ import numpy as np
 
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import (
+from edgestem.firmware.registry import (
     REPORT_FILE,
     FirmwareMismatch,
     FirmwareRequest,

@@ -1,7 +1,7 @@
 """Firmware backends by name (``edgestem firmware --backend NAME``): one module per backend.
 
 A backend is a module with a build function, named in :data:`edgestem.registry.FIRMWARE`
-(``"hls4ml": "edgestem.export.hls4ml:build"``); it is imported only when asked for, so
+(``"hls4ml": "edgestem.firmware.hls4ml:build"``); it is imported only when asked for, so
 ``edgestem --help`` and the other backends never load its toolchain. A build function takes a
 :class:`FirmwareRequest`, writes ``RUN/firmware/<name>/`` with a ``firmware.json`` written last (a
 project without it is incomplete, see :func:`write_firmware_report`), and returns that report.
@@ -35,7 +35,7 @@ class FirmwareRequest:
     """What to build: the run, the target and the implementation choices (backends use what applies)."""
 
     run: Path
-    board: Any  # edgestem.export.boards.Board
+    board: Any  # edgestem.targets.boards.Board
     clock_ns: float
     io: str = "stream"  # stream (FIFOs between layers) or parallel (fully partitioned arrays)
     reuse: int = 1  # multipliers shared by this many multiplications (hls4ml ReuseFactor)
@@ -123,7 +123,7 @@ def build_firmware(
     ``board`` is a preset name, a board YAML file or a part number (or a loaded Board);
     ``clock_ns`` defaults to the board's clock.
     """
-    from edgestem.export.boards import load_board
+    from edgestem.targets.boards import load_board
 
     builder = get(backend)
     target = load_board(board) if isinstance(board, str) else board
