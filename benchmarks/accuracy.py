@@ -34,6 +34,7 @@ import numpy as np
 
 from edgestem.atomic import write_json
 from edgestem.config import Config, load_config
+from edgestem.data.dataset import load_data
 from edgestem.data.io import open_4dstem
 from edgestem.data.noise import add_noise_to_file
 from edgestem.data.simulate import simulate_to_file
@@ -45,9 +46,10 @@ from edgestem.evaluate import (
     refine_from_encoder,
     strain_mae,
 )
+from edgestem.rundir import load_checkpoint, model_from_checkpoint
 from edgestem.runinfo import machine, versions
 from edgestem.strain import deformation_gradient
-from edgestem.train import load_checkpoint, load_data, model_from_checkpoint, train
+from edgestem.train import train
 
 W_LEVELS = [0.0, 0.1, 0.25, 0.5, 0.7]
 DOSES = [1e5, 1e4, 1e3, 1e2]

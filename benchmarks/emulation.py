@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from edgestem.atomic import write_json
-from edgestem.emulate import BACKENDS, get_backend
+from edgestem.data.dataset import load_data
+from edgestem.emulate import get_backend
 from edgestem.errors import EdgestemError
+from edgestem.registry import EMULATORS
+from edgestem.rundir import load_checkpoint, load_run_config
 from edgestem.runinfo import machine, versions
-from edgestem.train import load_checkpoint, load_data, load_run_config
 
 
 def main() -> None:
@@ -42,7 +44,7 @@ def main() -> None:
     ref = ref_be.predict(x)
     ref_rate = len(x) / (time.perf_counter() - t0)
     rows = {}
-    for name in BACKENDS:
+    for name in EMULATORS.names():
         try:
             be = get_backend(name, args.run, **({"workers": args.workers} if name == "hls4ml" and args.workers else {}))
         except EdgestemError as exc:

@@ -25,11 +25,13 @@ from edgestem.atomic import write_json
 from edgestem.compress.prune import prune_run
 from edgestem.compress.quantize import qat_run
 from edgestem.config import load_config
+from edgestem.data.dataset import load_data
 from edgestem.data.noise import add_noise_to_file
 from edgestem.data.simulate import simulate_to_file
 from edgestem.evaluate import COMPONENTS, compare_models
+from edgestem.rundir import load_checkpoint, model_from_checkpoint
 from edgestem.runinfo import machine, versions
-from edgestem.train import load_checkpoint, load_data, model_from_checkpoint, train
+from edgestem.train import train
 
 W_LEVELS = [0.0, 0.25, 0.5]
 BITS = [4, 6, 8]

@@ -1,4 +1,4 @@
-"""Classical Bragg-disk strain mapping, the peer method edgestem is compared with (SCIENCE.md sections 6, 8).
+"""Classical Bragg-disk strain mapping, the peer method edgestem is compared with (docs/science.md).
 
 What a careful microscopist does with py4DSTEM (probe template, disk detection by correlation,
 lattice indexing and fitting, strain relative to a reference region), written with numpy/scipy only

@@ -17,6 +17,7 @@ import typer
 
 from edgestem import __version__
 from edgestem.errors import EdgestemError
+from edgestem.registry import EMULATORS, EXPORT_FORMATS, FIRMWARE
 
 app = typer.Typer(
     name="edgestem",
@@ -233,11 +234,12 @@ def train(
 ) -> None:
     """Train the float CC-ST-AE without labels (cycle-consistent loss); checkpoints every epoch."""
     from edgestem.config import load_config
+    from edgestem.rundir import config_path
     from edgestem.train import train as train_run
 
     overrides = {"train.epochs": epochs, "seed": seed}
     # Resuming without --config continues with the run's own resolved config.
-    saved = out / "config.yaml"
+    saved = config_path(out)
     cfg = load_config(saved if resume and config is None and saved.is_file() else config, overrides)
     if epochs is not None:  # --epochs replaces a budget in steps
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": None})})
@@ -380,10 +382,11 @@ def qat(
     """Quantization-aware training (Brevitas, power-of-two scales) from a float run, into RUN/qat/."""
     from edgestem.compress.quantize import qat_run
     from edgestem.config import load_config
+    from edgestem.rundir import CONFIG, QAT_DIR, config_path
 
-    source = config if config is not None else run / "config.yaml"
+    source = config if config is not None else config_path(run)
     if config is None and not source.is_file():
-        raise EdgestemError(f"{run}: not a run directory (no config.yaml); train first (edgestem train --out {run})")
+        raise EdgestemError(f"{run}: not a run directory (no {CONFIG}); train first (edgestem train --out {run})")
     overrides: dict[str, Any] = {"qat.bits": bits, "qat.epochs": epochs}
     if per_layer:
         overrides["qat.per_layer"] = _name_values(per_layer, "--per-layer")
@@ -396,7 +399,7 @@ def qat(
             run, qcfg, data=data, out=out, resume=resume, eval_data=eval_data, eval_levels=levels, progress=cb
         ),
     )
-    typer.echo(f"QAT {qcfg.bits} bits: {out or run / 'qat'} ({res['epochs']} epochs in {res['train_seconds']:.0f} s)")
+    typer.echo(f"QAT {qcfg.bits} bits: {out or run / QAT_DIR} ({res['epochs']} epochs in {res['train_seconds']:.0f} s)")
     for row in res.get("mae", []):
         typer.echo(
             f"  {row['noise']:>8} {row['model']:>6}: exx {row['exx']:.3f} %  eyy {row['eyy']:.3f} %  "
@@ -457,20 +460,9 @@ def _name_values(text: str, option: str) -> dict[str, int]:
 
 def _eval_levels(noise_w: str | None, dose: str | None) -> list[tuple[str, Any]] | None:
     """Noise levels from '0,0.25,0.5' (background w) or '1e4,1e3' (dose); None when neither is given."""
-    from edgestem.evaluate import noise_level
+    from edgestem.data.noise import parse_levels
 
-    if noise_w and dose:
-        raise EdgestemError("give either --eval-noise-w or --eval-dose, not both")
-    text, axis = (noise_w, "w") if noise_w else (dose, "dose")
-    if not text:
-        return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise EdgestemError(f"noise levels {text!r}: give numbers separated by commas") from None
-    if any(v < 0 or (axis == "w" and v >= 1) or (axis == "dose" and v <= 0) for v in values):
-        raise EdgestemError(f"noise levels {text!r}: w must lie in [0, 1), doses must be > 0")
-    return [(f"{axis}={v:g}", noise_level(v, axis)) for v in values]
+    return parse_levels(noise_w, dose)
 
 
 @app.command()
@@ -498,9 +490,10 @@ def prune(
     """Magnitude pruning (per-layer weights or whole channels) with fine-tuning, into RUN/prune/."""
     from edgestem.compress.prune import prune_run
     from edgestem.config import load_config
+    from edgestem.rundir import PRUNE_DIR, config_path
 
     if config is None:  # resuming: the pruning run's own config; else the source run's
-        candidates = ([(out or run / "prune") / "config.yaml"] if resume else []) + [run / "config.yaml"]
+        candidates = ([config_path(out or run / PRUNE_DIR)] if resume else []) + [config_path(run)]
         config = next((p for p in candidates if p.is_file()), None)
     overrides = {
         "prune.sparsity": sparsity,
@@ -517,7 +510,7 @@ def prune(
     before, after = res["before"], res["after"]
     kind = "structured" if res["structured"] else "unstructured"
     typer.echo(
-        f"pruned {out or run / 'prune'} ({res['from']} model, {kind}, sparsity {res['sparsity']:g}): "
+        f"pruned {out or run / PRUNE_DIR} ({res['from']} model, {kind}, sparsity {res['sparsity']:g}): "
         f"parameters {before['parameters']} -> {after['parameters']}, "
         f"MACs {before['macs']} -> {after['macs']} ({after['effective_macs']} with a non-zero weight)"
     )
@@ -533,9 +526,7 @@ def prune(
 @_user_errors
 def emulate(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory (float, qat/, export/, firmware/ inside)."),
-    backend: str = typer.Option(
-        "brevitas", "--backend", "-b", help="torch, brevitas, qonnx, onnxruntime, hls4ml, finn or verilator."
-    ),
+    backend: str = typer.Option("brevitas", "--backend", "-b", help=f"Emulation backend: {EMULATORS.choices()}."),
     data: Path | None = typer.Option(None, "--data", "-d", help="Data file. [default: the run's training data]"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Maps file. [default: RUN/emulate/<backend>.h5]"),
     noise_w: float | None = typer.Option(None, "--noise-w", help="Background level w drawn on the patterns first."),
@@ -549,18 +540,16 @@ def emulate(
     dataset: str | None = DatasetOpt,
 ) -> None:
     """Strain maps through one backend (float, Brevitas, QONNX, ONNX Runtime, hls4ml C++, FINN), like `strain`."""
+    from edgestem.data.noise import noise_at
     from edgestem.emulate import emulate as emulate_run
-    from edgestem.evaluate import noise_level
-    from edgestem.train import load_checkpoint
+    from edgestem.rundir import emulate_path, trained_on
 
     if noise_w is not None and dose is not None:
         raise EdgestemError("give either --noise-w or --dose, not both")
-    noise = (
-        noise_level(noise_w, "w") if noise_w is not None else noise_level(dose, "dose") if dose is not None else None
-    )
+    noise = noise_at("w", noise_w) if noise_w is not None else noise_at("dose", dose) if dose is not None else None
     if data is None:
-        data = Path(load_checkpoint(run)["data"]["path"])
-    out = out or run / "emulate" / f"{backend}.h5"
+        data = trained_on(run)
+    out = out or emulate_path(run, backend)
     out.parent.mkdir(parents=True, exist_ok=True)
     res = emulate_run(run, backend, data, out, noise=noise, check=check, reference=ref, dataset=dataset)
     speed = res["patterns_per_second"][backend]
@@ -587,7 +576,7 @@ def synth_report(
     ),
 ) -> None:
     """Summarise HLS, Vivado and FINN reports: latency, II, LUT/FF/DSP/BRAM, slack, utilisation."""
-    from edgestem.export.synth_report import format_table, synth_report
+    from edgestem.firmware.synth_report import format_table, synth_report
 
     res = synth_report(run, board=board, json_out=json_out, yosys=yosys)
     where = "" if res["board"] is None else f" on {res['board']['name']} ({res['board']['part']})"
@@ -608,8 +597,8 @@ def budget(
     json_out: Path | None = typer.Option(None, "--json", help="Output JSON. [default: RUN/budget.json]"),
 ) -> None:
     """Does the encoder keep up with the detector? Speed-up, FINN folding or hls4ml reuse factor needed."""
-    from edgestem.export.budget import budget as run_budget
-    from edgestem.export.budget import format_budget
+    from edgestem.targets.budget import budget as run_budget
+    from edgestem.targets.budget import format_budget
 
     res = run_budget(run, detector=detector, board=board, clock_ns=clock_ns, json_out=json_out)
     typer.echo(format_budget(res))
@@ -682,9 +671,9 @@ def _clean_data_of(run: Path) -> Path:
         clean = json.loads(record.read_text()).get("clean_data")
         if clean:
             return Path(clean)
-    from edgestem.train import load_checkpoint
+    from edgestem.rundir import trained_on
 
-    return Path(load_checkpoint(run)["data"]["path"])
+    return trained_on(run)
 
 
 @app.command("run")
@@ -713,7 +702,9 @@ def run_all(
 @_user_errors
 def export(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory with a QAT (RUN/qat) or pruned (RUN/prune) model"),
-    fmt: str = typer.Option("qonnx", "--format", "-f", help="qonnx (firmware, FINN) or qcdq (ONNX Runtime on CPUs)."),
+    fmt: str = typer.Option(
+        "qonnx", "--format", "-f", help=f"{EXPORT_FORMATS.choices()} (qonnx: firmware; qcdq: ONNX Runtime on CPUs)."
+    ),
     source: str = typer.Option("auto", "--source", help="auto (RUN/prune if quantized, else RUN/qat), qat or prune."),
     patterns: int = typer.Option(200, "--patterns", help="Patterns of the run's data the export is verified on."),
     data: Path | None = typer.Option(None, "--data", "-d", help="Data for the verification. [default: the run's]"),
@@ -723,6 +714,7 @@ def export(
 ) -> None:
     """Export the quantized encoder (QONNX or QCDQ) into RUN/export/, verified against Brevitas by execution."""
     from edgestem.export.qonnx import export_run
+    from edgestem.rundir import export_dir
 
     m = export_run(run, fmt=fmt, source=source, patterns=patterns, data=data, tolerance_lsb=tolerance_lsb)["metrics"]
     src = m["source"]
@@ -730,7 +722,7 @@ def export(
         if isinstance(v, dict):
             extra = f", {v['max_diff_lsb']:.0f} output LSB" if "max_diff_lsb" in v else ""
             typer.echo(
-                f"wrote {run / 'export' / name} ({src['stage']} model): {v['patterns'] - v['mismatched_patterns']} of "
+                f"wrote {export_dir(run) / name} ({src['stage']} model): {v['patterns'] - v['mismatched_patterns']} of "
                 f"{v['patterns']} patterns identical to Brevitas (max |diff| {v['max_abs_diff']:.3g}{extra})"
             )
     if "cost" in m:
@@ -742,7 +734,7 @@ def export(
 @_user_errors
 def firmware(
     run: Path = typer.Option(..., "--run", "-r", help="Run directory with RUN/export/encoder.onnx (edgestem export)."),
-    backend: str = typer.Option("hls4ml", "--backend", help="Firmware backend: hls4ml, finn or rtl."),
+    backend: str = typer.Option("hls4ml", "--backend", help=f"Firmware backend: {FIRMWARE.choices()}."),
     board: str = typer.Option("zcu104", "--board", help="Preset (zcu104, u250, pynq-z2), board YAML or AMD part."),
     clock_ns: float | None = typer.Option(None, "--clock-ns", help="Clock period in ns. [default: the board's]"),
     io: str = typer.Option("stream", "--io", help="stream (FIFOs between layers) or parallel (small inputs only)."),
@@ -756,7 +748,7 @@ def firmware(
     ),
 ) -> None:
     """Firmware project from the exported encoder into RUN/firmware/<backend>/, C++ emulation checked bit-exact."""
-    from edgestem.export.registry import build_firmware
+    from edgestem.firmware.registry import build_firmware
 
     if target_fps is not None and backend != "finn":
         raise EdgestemError(f"--target-fps: only --backend finn folds for a frame rate, not {backend}")
@@ -784,7 +776,7 @@ def firmware(
             f"bit-exact (max |diff| {c['max_abs_diff']:.3g}), {c['patterns_per_second']:.0f} patterns/s"
         )
     if "estimate" in m:  # FINN: resources, frames/s and the target frame rate
-        from edgestem.export.finn import format_summary
+        from edgestem.firmware.finn import format_summary
 
         typer.echo(format_summary(m, check=False))
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgestem.errors import ConfigError
+from edgestem.registry import EMULATORS, FIRMWARE, Registry
 
 
 class Section(BaseModel):
@@ -71,7 +72,7 @@ class SpecimenConfig(Section):
 
 
 class NoiseConfig(Section):
-    """Noise models of SCIENCE.md section 4; all draws are seeded."""
+    """Noise models (docs/science.md, "Noise models"); all draws are seeded."""
 
     model: Literal["none", "background", "dose"] = Field(
         "none", description="background: Lorentzian background weight w + Poisson; dose: Poisson at a dose."
@@ -250,7 +251,9 @@ class TrainConfig(Section):
         0.0, ge=0, description="L1 regularisation of the encoder weights (sum |w|, scaled; also used by qat and prune)."
     )
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="constant, or cosine: the learning rate falls to 0 along a half cosine over the run."
+        "constant",
+        description="constant, or cosine: a linear warm-up over the first 5 % of the steps, then the learning rate "
+        "falls to 0 along a half cosine.",
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of patterns held out for the validation loss.")
     threads: int | None = Field(None, ge=1, description="torch threads; None = the CPU cores available.")
@@ -300,13 +303,16 @@ class DistillConfig(Section):
     epochs: int = Field(30, ge=1, description="Fine-tuning epochs per round.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the fine-tuning (falls along a half cosine).")
     cycle_weight: float = Field(
-        0.1, ge=0, description="Weight of the cycle-consistent loss next to the regression term (0 = regression only)."
+        0.1,
+        ge=0,
+        description="Weight of the cycle-consistent loss (in units of the source model's own cycle loss) next to the "
+        "regression term (0 = regression only).",
     )
     unit: float = Field(
         1e-3,
         gt=0,
-        description="Each head parameter's regression residual is divided by the teacher's spread of it over the "
-        "scan, at least this (fraction; for rotation the same in radians).",
+        description="Regression residuals of the head parameters are measured in this unit (1e-3 = 0.1 % strain; "
+        "rotation: the same in radians, 0.057 deg).",
     )
     rounds: int = Field(
         1, ge=1, description="Teacher -> fine-tune rounds; each later round starts the teacher from the last encoder."
@@ -328,7 +334,7 @@ class PruneConfig(Section):
 
 
 class RobustnessConfig(Section):
-    """Train-noise x test-noise grid (``edgestem robustness``, SCIENCE.md section 6)."""
+    """Train-noise x test-noise grid (``edgestem robustness``, docs/robustness.md)."""
 
     axis: Literal["background", "dose"] = Field(
         "background", description="Noise axis: background weight w (Poisson at counts_per_probe) or dose (e-/pattern)."
@@ -410,6 +416,14 @@ class SweepConfig(Section):
     pruner_warmup_epochs: int = Field(2, ge=0, description="Median pruner: epochs of a trial before it can be pruned.")
 
 
+def _registered(registry: Registry, names: list[str]) -> list[str]:
+    """Every name must be in ``registry`` (a ValueError, so the error names the config key)."""
+    for name in names:
+        if name not in registry:
+            raise ValueError(registry.unknown(name))
+    return names
+
+
 class PipelineConfig(Section):
     """``edgestem run``: which optional steps run, firmware settings, the report's noise levels."""
 
@@ -418,14 +432,15 @@ class PipelineConfig(Section):
     )
     prune: bool = Field(False, description="Run the prune step (on the QAT model) before export.")
     export: bool = Field(True, description="Export the quantized encoder to QONNX (needed by firmware).")
-    firmware: list[Literal["hls4ml", "finn"]] = Field(["hls4ml"], description="Firmware backends to build.")
+    firmware: list[str] = Field(["hls4ml"], description=f"Firmware backends to build: {FIRMWARE.choices()}.")
     board: str = Field("zcu104", description="Board preset (configs/boards) or an FPGA part number.")
     clock_ns: float | None = Field(None, gt=0, description="Target clock period, ns; None = the board's.")
     io: Literal["stream", "parallel"] = Field("stream", description="hls4ml io_type (io_stream fits 64 x 64 inputs).")
     reuse: int = Field(1, ge=1, description="hls4ml reuse factor.")
     strategy: Literal["latency", "resource"] = Field("latency", description="hls4ml strategy.")
-    emulate: list[Literal["torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn"]] = Field(
-        ["hls4ml"], description="Backends the emulate step runs with --check on the training data."
+    emulate: list[str] = Field(
+        ["hls4ml"],
+        description=f"Backends the emulate step runs with --check on the training data: {EMULATORS.choices()}.",
     )
     report_noise_w: list[float] = Field(
         [0.0, 0.1, 0.25, 0.5, 0.7], description="Background levels of the degradation report."
@@ -433,6 +448,16 @@ class PipelineConfig(Section):
     report_dose: list[float] = Field([], description="Doses (e-/pattern) of the degradation report.")
     check_patterns: int = Field(64, ge=1, description="Patterns per level run through each emulated stage.")
     baseline: bool = Field(True, description="Classical baseline in the report.")
+
+    @field_validator("firmware")
+    @classmethod
+    def _known_firmware(cls, names: list[str]) -> list[str]:
+        return _registered(FIRMWARE, names)
+
+    @field_validator("emulate")
+    @classmethod
+    def _known_emulators(cls, names: list[str]) -> list[str]:
+        return _registered(EMULATORS, names)
 
 
 class Config(Section):

@@ -1,4 +1,4 @@
-"""The physical limit of strain mapping: the Cramer-Rao lower bound (SCIENCE.md section 8).
+"""The physical limit of strain mapping: the Cramer-Rao lower bound (docs/science.md, "The physical limit").
 
 For the parameters ``p = (exx, eyy, exy, theta)`` of one pattern, the Fisher information under
 Poisson noise is ``I_ab = sum_pixels (d lambda / d p_a)(d lambda / d p_b) / lambda`` with the
@@ -6,8 +6,8 @@ expected counts ``lambda = counts * ((1 - w) DP(p) + w B)`` (``w = 0``: the pure
 :mod:`edgestem.data.noise`; ``B`` its Lorentzian background). ``DP(p)`` is the built-in simulator
 itself (disks MOVE to ``g' = F^-T g`` and keep their radius, the central beam is static, the pattern
 sums to 1) and its derivatives are central finite differences of the simulator in ``p``; the pattern
-is never warped as a whole (that credits information to a deforming central beam: SCIENCE.md
-section 8, trap 1).
+is never warped as a whole (that credits information to a deforming central beam: trap 1 of
+docs/science.md, "The physical limit").
 
 The standard deviation of an ideal unbiased estimator is ``sigma_a = sqrt(inv(I)_aa)``; its expected
 absolute error is ``sqrt(2 / pi) sigma_a``. Strain is reported in %, theta in degrees.

@@ -24,17 +24,23 @@ import numpy as np
 from edgestem.errors import EdgestemError
 from edgestem.evaluate import COMPONENTS, label_maps, maps_from_affine, regression_slope, strain_mae
 
-MODEL_STAGES = (("float", "."), ("distilled", "distill"), ("qat", "qat"), ("pruned", "prune"))
+MODEL_STAGES = (
+    ("float", "train"),
+    ("distilled", "distill"),
+    ("qat", "qat"),
+    ("pruned", "prune"),
+)  # (report name, run-directory stage)
 EMULATED = ("qonnx", "hls4ml", "finn")
 
 
 def _stage_models(run: Path) -> dict[str, Any]:
     from edgestem.emulate.float_torch import Backend as TorchBackend
+    from edgestem.rundir import has_checkpoint, stage_dir
 
     out = {}
-    for name, sub in MODEL_STAGES:
-        if (run / sub / "checkpoint.pt").is_file():
-            out[name] = TorchBackend(run, stage_dir=run / sub)
+    for name, stage in MODEL_STAGES:
+        if has_checkpoint(stage_dir(run, stage)):
+            out[name] = TorchBackend(run, stage_dir=stage_dir(run, stage))
     return out
 
 
@@ -68,20 +74,21 @@ def degradation(
     from edgestem.data.noise import apply_noise
     from edgestem.data.preprocess import preprocess
     from edgestem.emulate import get_backend
-    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
+    from edgestem.rundir import open_stage
+    from edgestem.seeds import rng
 
     run = Path(run)
-    state = load_checkpoint(run)
-    model, cfg = model_from_checkpoint(state)
-    d = load_data(data, cfg)
+    stage = open_stage(run)
+    model, cfg = stage.model, stage.cfg
+    d = stage.read(data)
     if not set(COMPONENTS) <= set(d.labels):
         raise EdgestemError(f"{data} has no strain labels; the report needs labelled (simulated) data")
-    symmetry = d.symmetry or state["symmetry"]
+    symmetry = stage.symmetry(d)
     truth = label_maps(d.labels, reference, symmetry)
     models = _stage_models(run)
     emus = _emulated(run, emulated)
     brevitas = get_backend("brevitas", run) if emus else None
-    sample = np.sort(np.random.default_rng([cfg.seed, 24]).permutation(len(d.x))[:check_patterns])
+    sample = np.sort(rng(cfg.seed, "report_sample").permutation(len(d.x))[:check_patterns])
     rows: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
 
@@ -92,7 +99,7 @@ def degradation(
         rows.append({"stage": stage, "noise": label, **_scores(maps, truth, reference), "via": via or stage})
 
     for i, (label, noise) in enumerate(levels):
-        noisy = d.raw if noise is None else apply_noise(d.raw, noise, np.random.default_rng([cfg.seed, 23, i]))
+        noisy = d.raw if noise is None else apply_noise(d.raw, noise, rng(cfg.seed, "report", i))
         x = np.ascontiguousarray(preprocess(noisy, cfg.preprocess)[:, None])
         outputs = {}
         for name, be in models.items():

@@ -37,6 +37,7 @@ import numpy as np
 
 from edgestem.config import Config, DistillConfig
 from edgestem.errors import EdgestemError
+from edgestem.rundir import DISTILL_DIR, checkpoint_path, config_path, has_checkpoint
 
 TEACHERS = ("refine", "classical")
 _TARGETS = "targets.npz"
@@ -99,13 +100,15 @@ def distill_run(
     """
     from edgestem.atomic import atomic_path, write_json
     from edgestem.config import save_config
+    from edgestem.data.dataset import load_data
     from edgestem.evaluate import predict_affine
+    from edgestem.rundir import load_checkpoint, model_from_checkpoint
     from edgestem.runinfo import stage_report
-    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint, train
+    from edgestem.train import train
 
     t_start = time.perf_counter()
     run = Path(run)
-    out = Path(out) if out is not None else run / "distill"
+    out = Path(out) if out is not None else run / DISTILL_DIR
     state = load_checkpoint(run)
     if state.get("quant"):
         raise EdgestemError(f"{run} is a quantized run; distil the float run and run qat from the distilled one")
@@ -114,7 +117,7 @@ def distill_run(
     data_path = Path(data) if data is not None else Path(state["data"]["path"])
     if not data_path.is_file():
         raise EdgestemError(f"{data_path}: the data to distil on is missing; give it with --data")
-    if (out / "checkpoint.pt").exists() and not resume:
+    if has_checkpoint(out) and not resume:
         raise EdgestemError(f"{out} already holds a distilled run; use --resume to continue it or choose another --out")
     d = load_data(data_path, base_cfg)
     size = base_cfg.preprocess.size
@@ -155,7 +158,7 @@ def distill_run(
                 "train the float run longer or try --teacher classical"
             )
         stage = _stage(src_state, src_model, A_t, ok, dcfg, symmetry)
-        resume_round = (rdir / "checkpoint.pt").is_file()
+        resume_round = has_checkpoint(rdir)
         rep = train(cfg_train, data_path, rdir, resume=resume_round, progress=progress, stage=stage)
         rounds.append(
             {
@@ -169,13 +172,13 @@ def distill_run(
             }
         )
         source_run = rdir
-    with atomic_path(out / "checkpoint.pt") as tmp:
-        shutil.copyfile(source_run / "checkpoint.pt", tmp)
-    save_config(cfg_train, out / "config.yaml")
+    with atomic_path(checkpoint_path(out)) as tmp:
+        shutil.copyfile(checkpoint_path(source_run), tmp)
+    save_config(cfg_train, config_path(out))
     report = stage_report(
         "distill",
         inputs={"run": str(run), "data": str(data_path)},
-        outputs={"run": str(out), "checkpoint": str(out / "checkpoint.pt")},
+        outputs={"run": str(out), "checkpoint": str(checkpoint_path(out))},
         config=cfg_train,
         metrics={"rounds": rounds, "seconds": round(time.perf_counter() - t_start, 2)},
     )
@@ -194,33 +197,32 @@ def _stage(
     """The fine-tuning stage: the source model's weights, the regression term on the teacher's maps."""
     import torch
 
-    from edgestem.model.ccstae import param_regression, target_params
-    from edgestem.train import Stage, model_from_checkpoint
+    from edgestem.model.ccstae import param_regression, regression_scale, target_params
+    from edgestem.rundir import model_from_checkpoint
+    from edgestem.train import Stage
 
     params = target_params(A_t)
     target = torch.from_numpy(params.astype(np.float32))
-    scale = torch.from_numpy(regression_scale(params[ok], dcfg.unit).astype(np.float32))
+    scale = torch.from_numpy(regression_scale(dcfg.unit).astype(np.float32))
+    cycle0: dict[str, float] = {}
     weight = torch.from_numpy(np.asarray(ok, np.float32))
 
     def build(cfg: Config, d: Any, train_idx: np.ndarray) -> Any:
+        from edgestem.train import evaluate_loss
+
         model, _ = model_from_checkpoint(src_state)
+        # The cycle loss's size depends on the data (pattern size, normalisation): measured in units of
+        # the source model's own cycle loss, distill.cycle_weight means the same on every scan.
+        cycle0["value"] = max(evaluate_loss(model, d.x[train_idx[:512]], cfg)["total"], 1e-12)
         return model
 
     def batch_loss(model: Any, out: Any, idx: np.ndarray, terms: dict[str, Any]) -> dict[str, Any]:
         ti = torch.from_numpy(np.asarray(idx, np.int64))
         reg = param_regression(model.head, out.raw, target[ti], scale, weight[ti])
-        total = reg + dcfg.cycle_weight * terms["total"]
+        total = reg + dcfg.cycle_weight * terms["total"] / cycle0["value"]
         return {**terms, "cycle": terms["total"], "distill": reg, "total": total}
 
     return Stage("distill", build, batch_loss=batch_loss, checkpoint={"source": {"stage": src_state.get("stage")}})
 
 
-def regression_scale(params: np.ndarray, unit: float) -> np.ndarray:
-    """Per-parameter scale of the regression: the targets' spread over the scan, at least ``unit``
-    (fractions for sx, sy, sh; the same in radians, as degrees, for rot)."""
-    floor = np.array([unit, unit, unit, np.rad2deg(unit)])
-    spread = params.std(axis=0) if len(params) > 1 else floor
-    return np.maximum(spread, floor)
-
-
-__all__ = ["TEACHERS", "distill_run", "regression_scale", "teacher_maps"]
+__all__ = ["TEACHERS", "distill_run", "teacher_maps"]

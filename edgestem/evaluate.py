@@ -1,4 +1,4 @@
-"""Strain maps from a model and the metrics of SCIENCE.md section 6.
+"""Strain maps from a model and the metrics of docs/science.md ("What is measured").
 
 Predictions and labels both go through :func:`edgestem.strain.strain_from_affine` with the same
 reference region, so they are compared in the same frame.
@@ -177,22 +177,14 @@ def strain_from_run(
     import time
     from pathlib import Path
 
-    from edgestem.errors import DataError, EdgestemError
-    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
+    from edgestem.rundir import open_stage
 
     t_start = time.perf_counter()
     out = Path(out)
-    state = load_checkpoint(run)
-    model, cfg = model_from_checkpoint(state)
-    d = load_data(data, cfg, dataset)
-    size = cfg.preprocess.size
-    if d.x.shape[-2:] != (size, size):
-        raise DataError(f"{data}: patterns pre-process to {d.x.shape[-2:]}, the run was trained on {size}x{size}")
-    try:
-        S.reference_mask(d.scan_shape, reference)
-    except ValueError as exc:
-        raise EdgestemError(str(exc)) from None
-    symmetry = state["symmetry"] if d.symmetry is None else d.symmetry
+    stage = open_stage(run)
+    model, cfg = stage.model, stage.cfg
+    d = stage.read(data, dataset, reference)
+    symmetry = stage.symmetry(d)
     t0 = time.perf_counter()
     A = predict_affine(model, d.x)
     encoder_seconds = time.perf_counter() - t0
@@ -224,16 +216,6 @@ def strain_from_run(
     )
 
 
-def noise_level(spec: str | float, axis: str) -> Any:
-    """A :class:`~edgestem.config.NoiseConfig` for one level: ``axis`` "w" (background) or "dose"."""
-    from edgestem.config import NoiseConfig
-
-    value = float(spec)
-    if axis == "w":
-        return NoiseConfig(model="background", w=value) if value > 0 else NoiseConfig(model="none")
-    return NoiseConfig(model="dose", dose=value)
-
-
 def compare_models(
     models: dict[str, Any],
     raw: np.ndarray,
@@ -248,17 +230,19 @@ def compare_models(
 
     ``raw``: patterns (N, Qx, Qy) as read (clean, when ``levels`` add noise); ``levels``: pairs
     (label, NoiseConfig) applied with a generator seeded from ``cfg.seed`` and the level's index, so
-    every model sees the same noisy patterns; None = the patterns as they are. Every model goes
+    every model sees the same noisy patterns (stream ``compare`` of :mod:`edgestem.seeds`); None = the
+    patterns as they are. Every model goes
     through the one pre-processing and the one strain computation. Returns one row per (level,
     model) with the MAE per component (strain in %, theta in degrees).
     """
     from edgestem.data.noise import apply_noise
     from edgestem.data.preprocess import preprocess
+    from edgestem.seeds import rng
 
     truth = label_maps(labels, reference, symmetry)
     rows = []
     for i, (label, noise) in enumerate(levels or [("as read", None)]):
-        noisy = raw if noise is None else apply_noise(raw, noise, np.random.default_rng([cfg.seed, 21, i]))
+        noisy = raw if noise is None else apply_noise(raw, noise, rng(cfg.seed, "compare", i))
         x = preprocess(noisy, cfg.preprocess)[:, None]
         for name, model in models.items():
             maps = maps_from_affine(predict_affine(model, x), scan_shape, reference, symmetry)
@@ -322,9 +306,9 @@ def baseline_from_file(
 
     from edgestem.baseline import classical_strain
     from edgestem.config import load_config
+    from edgestem.data.dataset import symmetry_of
     from edgestem.data.io import open_4dstem
     from edgestem.errors import EdgestemError
-    from edgestem.train import symmetry_of
 
     t_start = time.perf_counter()
     with open_4dstem(data, dataset) as ds:

@@ -24,6 +24,20 @@ from typing import Any
 
 from edgestem.config import Config, save_config
 from edgestem.errors import EdgestemError
+from edgestem.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    DISTILL_DIR,
+    EMULATE_DIR,
+    EXPORT_DIR,
+    FIRMWARE_DIR,
+    PRUNE_DIR,
+    QAT_DIR,
+    REPORT_DIR,
+    TRAIN_REPORT,
+    emulate_path,
+    has_checkpoint,
+)
 
 RECORD = "pipeline.json"
 
@@ -68,7 +82,7 @@ def _noise(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 def _train(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.train import train
 
-    resume = (out / "checkpoint.pt").is_file()
+    resume = has_checkpoint(out)
     rep = train(cfg, _train_data(out), out, resume=resume, progress=ctx.get("progress"))
     return {"epochs": rep["epochs"], "seconds": rep["seconds"]}
 
@@ -76,7 +90,7 @@ def _train(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 def _distill(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.distill import distill_run
 
-    resume = (out / "distill").is_dir()
+    resume = (out / DISTILL_DIR).is_dir()
     rep = distill_run(out, cfg.distill, data=_train_data(out), resume=resume, progress=ctx.get("progress"))
     return {"teacher": cfg.distill.teacher, "seconds": rep["metrics"]["seconds"]}
 
@@ -84,17 +98,17 @@ def _distill(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 def _qat(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.compress.quantize import qat_run
 
-    resume = (out / "qat" / "checkpoint.pt").is_file()
+    resume = has_checkpoint(out / QAT_DIR)
     # QAT starts from the distilled encoder when the pipeline distils.
-    source = out / "distill" if cfg.pipeline.distill else out
-    res = qat_run(source, cfg.qat, out=out / "qat", resume=resume, progress=ctx.get("progress"))
+    source = out / DISTILL_DIR if cfg.pipeline.distill else out
+    res = qat_run(source, cfg.qat, out=out / QAT_DIR, resume=resume, progress=ctx.get("progress"))
     return {"bits": cfg.qat.bits, "seconds": res["train_seconds"]}
 
 
 def _prune(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.compress.prune import prune_run
 
-    resume = (out / "prune" / "checkpoint.pt").is_file()
+    resume = has_checkpoint(out / PRUNE_DIR)
     rep = prune_run(out, cfg, source="qat", resume=resume, progress=ctx.get("progress"))
     return {"sparsity": cfg.prune.sparsity, "structured": cfg.prune.structured, "report": bool(rep)}
 
@@ -107,7 +121,7 @@ def _export(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _firmware(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
-    from edgestem.export.registry import build_firmware
+    from edgestem.firmware.registry import build_firmware
 
     p = cfg.pipeline
     done = {}
@@ -128,39 +142,46 @@ def _emulate(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     from edgestem.emulate import emulate
 
     done = {}
-    (out / "emulate").mkdir(exist_ok=True)
+    (out / EMULATE_DIR).mkdir(exist_ok=True)
     for backend in cfg.pipeline.emulate:
-        res = emulate(out, backend, _train_data(out), out / "emulate" / f"{backend}.h5", check=True)
+        res = emulate(out, backend, _train_data(out), emulate_path(out, backend), check=True)
         done[backend] = res.get("check", {})
     return {"checks": done}
 
 
 def _report(cfg: Config, out: Path, ctx: dict[str, Any]) -> dict[str, Any]:
+    from edgestem.data.noise import noise_levels
     from edgestem.degradation import degradation, write_report
-    from edgestem.evaluate import noise_level
 
     p = cfg.pipeline
-    levels = [(f"w={w:g}", noise_level(w, "w")) for w in p.report_noise_w]
-    levels += [(f"dose={d:g}", noise_level(d, "dose")) for d in p.report_dose]
+    levels = noise_levels(p.report_noise_w, "w") + noise_levels(p.report_dose, "dose")
     res = degradation(out, _clean(out), levels, check_patterns=p.check_patterns, baseline=p.baseline)
-    write_report(out, res, out / "report", data=str(_clean(out)))
+    write_report(out, res, out / REPORT_DIR, data=str(_clean(out)))
     return {"stages": res["stages"]}
 
 
 STEPS: list[Step] = [
     Step("simulate", ("seed", "simulate"), ("data/clean.h5",), _simulate),
     Step("noise", ("noise",), ("data/train.h5",), _noise),
-    Step("train", ("preprocess", "model", "loss", "train"), ("checkpoint.pt", "train.json"), _train),
+    Step("train", ("preprocess", "model", "loss", "train"), (CHECKPOINT, TRAIN_REPORT), _train),
     Step(
         "distill",
         ("distill",),
-        ("distill/checkpoint.pt", "distill/distill.json"),
+        (f"{DISTILL_DIR}/{CHECKPOINT}", f"{DISTILL_DIR}/distill.json"),
         _distill,
         lambda c: c.pipeline.distill,
     ),
-    Step("qat", ("qat", "pipeline.distill"), ("qat/checkpoint.pt", "qat/qat.json"), _qat),
-    Step("prune", ("prune",), ("prune/checkpoint.pt", "prune/prune.json"), _prune, lambda c: c.pipeline.prune),
-    Step("export", (), ("export/encoder.onnx", "export/export.json"), _export, lambda c: c.pipeline.export),
+    Step("qat", ("qat", "pipeline.distill"), (f"{QAT_DIR}/{CHECKPOINT}", f"{QAT_DIR}/qat.json"), _qat),
+    Step(
+        "prune",
+        ("prune",),
+        (f"{PRUNE_DIR}/{CHECKPOINT}", f"{PRUNE_DIR}/prune.json"),
+        _prune,
+        lambda c: c.pipeline.prune,
+    ),
+    Step(
+        "export", (), (f"{EXPORT_DIR}/encoder.onnx", f"{EXPORT_DIR}/export.json"), _export, lambda c: c.pipeline.export
+    ),
     Step(
         "firmware",
         (
@@ -179,7 +200,7 @@ STEPS: list[Step] = [
     Step(
         "report",
         ("pipeline.report_noise_w", "pipeline.report_dose", "pipeline.check_patterns", "pipeline.baseline"),
-        ("report/report.json",),
+        (f"{REPORT_DIR}/report.json",),
         _report,
     ),
 ]
@@ -266,14 +287,14 @@ def run_pipeline(
 
 
 _STEP_DIRS = {
-    "train": ("checkpoint.pt", "train.json", "config.yaml"),
-    "distill": ("distill",),
-    "qat": ("qat",),
-    "prune": ("prune",),
-    "export": ("export",),
-    "firmware": ("firmware",),
-    "emulate": ("emulate",),
-    "report": ("report",),
+    "train": (CHECKPOINT, TRAIN_REPORT, CONFIG),
+    "distill": (DISTILL_DIR,),
+    "qat": (QAT_DIR,),
+    "prune": (PRUNE_DIR,),
+    "export": (EXPORT_DIR,),
+    "firmware": (FIRMWARE_DIR,),
+    "emulate": (EMULATE_DIR,),
+    "report": (REPORT_DIR,),
 }
 
 

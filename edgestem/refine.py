@@ -1,4 +1,4 @@
-"""Per-pattern maximum-likelihood refinement of the affine map (SCIENCE.md section 8).
+"""Per-pattern maximum-likelihood refinement of the affine map (docs/science.md, "The physical limit").
 
 Host-side, offline (``edgestem strain --refine``): after the fast encoder pass, each pattern's affine
 map ``A`` (disks move as ``g' = A g``, the convention of :mod:`edgestem.strain`) is refined by

@@ -1,4 +1,4 @@
-"""Train-noise x test-noise robustness grid (SCIENCE.md section 6): ``edgestem robustness``.
+"""Train-noise x test-noise robustness grid (docs/robustness.md): ``edgestem robustness``.
 
 For every training row (one noise level, or the mixed row that draws a level per batch) and every
 seed, the CC-ST-AE trains without labels on the clean simulated scan with fresh noise on every
@@ -40,13 +40,13 @@ import numpy as np
 
 from edgestem.config import AugmentConfig, Config, NoiseConfig, RobustnessConfig, load_config
 from edgestem.errors import ConfigError, EdgestemError
+from edgestem.seeds import level_seed
 
 METRICS = ("loss", "exx", "eyy", "exy", "theta")
 UNITS = {"loss": "", "exx": "%", "eyy": "%", "exy": "%", "theta": "deg"}
 BASES = ("noise-free", "same-noise")
 COLUMNS = ("axis", "method", "train", "test", "seed", "base", "metric", "unit", "value", "status", "error")
 STRAIN = ("exx", "eyy", "exy")
-_TEST_NOISE_STREAM = 21  # seeds of the test columns' noise draws, derived from the config seed
 # The config sections a study's numbers depend on (a resumed study must match them; qat:,
 # export settings and the like may change in between).
 STUDY_SECTIONS = ("seed", "simulate", "preprocess", "model", "loss", "train", "robustness")
@@ -64,9 +64,9 @@ def level_name(level: float) -> str:
 
 def noise_for(rc: RobustnessConfig, level: float) -> NoiseConfig:
     """The noise model of one level on the study's axis."""
-    if rc.axis == "background":
-        return NoiseConfig(model="background", w=level, counts_per_probe=rc.counts_per_probe)
-    return NoiseConfig(model="dose", dose=level)
+    from edgestem.data.noise import noise_at
+
+    return noise_at(rc.axis, level, rc.counts_per_probe)
 
 
 def check_levels(rc: RobustnessConfig) -> None:
@@ -120,10 +120,10 @@ class StudyData:
 
 def prepare_data(cfg: Config, folder: Path, log: Callable[[str], None] = print) -> StudyData:
     """Simulate the clean scan(s) and one seeded noise draw per test level (files are reused)."""
+    from edgestem.data.dataset import load_data
     from edgestem.data.noise import add_noise_to_file
     from edgestem.data.simulate import simulate_to_file
     from edgestem.evaluate import label_maps
-    from edgestem.train import load_data
 
     rc = cfg.robustness
     quiet = cfg.model_copy(update={"noise": NoiseConfig()})
@@ -141,8 +141,7 @@ def prepare_data(cfg: Config, folder: Path, log: Callable[[str], None] = print) 
     for level in rc.test_levels:
         path = folder / f"test-{level_name(level)}.h5"
         if not path.is_file():
-            seed = np.random.SeedSequence([cfg.seed, _TEST_NOISE_STREAM, round(level * 1e6)]).generate_state(1)[0]
-            add_noise_to_file(test_clean, path, noise_for(rc, level), seed=int(seed) % 2**31)
+            add_noise_to_file(test_clean, path, noise_for(rc, level), seed=level_seed(cfg.seed, level))
         columns.append(TestColumn(float(level), path, load_data(path, cfg).x))
     return StudyData(
         clean=clean,
@@ -205,13 +204,14 @@ def score_model(model: Any, cfg: Config, data: StudyData, reference: str | None)
 
 def run_cell(cfg: Config, name: str, levels: list[float], seed: int, data: StudyData, out: Path) -> dict[str, Any]:
     """Train one cell (resuming its checkpoint if there is one) and score it; never raises on failure."""
-    from edgestem.train import CHECKPOINT, load_checkpoint, model_from_checkpoint, train
+    from edgestem.rundir import has_checkpoint, load_checkpoint, model_from_checkpoint
+    from edgestem.train import train
 
     t0 = time.perf_counter()
     run = out / "runs" / f"{name}-seed{seed}"
     cell: dict[str, Any] = {"train": name, "levels": levels, "seed": seed, "run": str(run)}
     try:
-        report = train(cell_config(cfg, levels, seed), data.clean, run, resume=(run / CHECKPOINT).is_file())
+        report = train(cell_config(cfg, levels, seed), data.clean, run, resume=has_checkpoint(run))
         last = report["history"][-1]
         cell.update(train_loss=last.get("train_total"), val_loss=last.get("val_total"))
         model, mcfg = model_from_checkpoint(load_checkpoint(run))

@@ -24,7 +24,7 @@ Conventions (stated once, tested by round trips in ``tests/test_strain.py``):
   ``T`` is the transpose of the relative deformation
   ``F @ inv(F_ref)`` from the reference lattice to the lattice at each position, so the strain is
   expressed in the detector's (x, y) frame relative to the reference lattice, as in py4DSTEM.
-  Ordering the product this way (SCIENCE.md writes ``M @ inv(M_ref)``; the two agree when the
+  Ordering the product this way (the usual formulation writes ``M @ inv(M_ref)``; the two agree when the
   reference is undeformed) makes the maps independent of the learned dictionary: a dictionary
   that is the true lattice distorted by any ``C`` gives ``A = A_true @ C``, hence
   ``M = inv(C) @ M_true``, and ``C`` cancels in ``inv(M_ref) @ M`` (with ``M @ inv(M_ref)`` it

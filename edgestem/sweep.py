@@ -210,7 +210,8 @@ def run_sweep(
 ) -> dict[str, Any]:
     """``edgestem sweep``: run ``n_trials`` trials in this worker (0: none), then (``report``) plots and a summary."""
     from edgestem.robustness import check_levels, prepare_data
-    from edgestem.train import Stage, TrainingError, build_model, load_checkpoint, model_from_checkpoint, train
+    from edgestem.rundir import load_checkpoint, model_from_checkpoint
+    from edgestem.train import Stage, TrainingError, build_model, train
 
     optuna = _optuna()
     sw = cfg.sweep

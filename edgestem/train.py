@@ -4,11 +4,11 @@ A run directory holds ``config.yaml`` (resolved), ``checkpoint.pt`` (written ato
 epoch) and ``train.json`` (losses per epoch, time, versions, machine). ``resume=True`` continues an
 interrupted run to the same final weights as an uninterrupted one: every random draw (split,
 shuffling, noise augmentation) is derived from ``(seed, epoch, batch)``, not from a running stream.
+The layout of a run directory and its checkpoints belong to :mod:`edgestem.rundir`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -21,35 +21,34 @@ import numpy as np
 import torch
 
 from edgestem import __version__
-from edgestem.config import Config, NoiseConfig, load_config, save_config
-from edgestem.data.io import json_attr, open_4dstem
-from edgestem.data.noise import apply_noise
+from edgestem.config import Config, save_config
+from edgestem.data.dataset import TrainingData, load_data
+from edgestem.data.noise import apply_noise, noise_at
 from edgestem.data.preprocess import preprocess
 from edgestem.distributed import World
 from edgestem.errors import DataError, EdgestemError
 from edgestem.model.ccstae import CCSTAE, disk_mask
 from edgestem.model.encoder import LayerFactory, count_macs, count_parameters
+from edgestem.rundir import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    TRAIN_REPORT,
+    add_mask_buffers,
+    checkpoint_path,
+    config_path,
+    load_checkpoint,
+    load_run_config,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from edgestem.seeds import STREAMS
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-_SPLIT, _SHUFFLE, _AUGMENT = 11, 12, 13  # random streams derived from the config seed
+# Random streams derived from the config seed: the one table of edgestem/seeds.py.
+_SPLIT, _SHUFFLE, _AUGMENT, _DICTIONARY = (STREAMS[k] for k in ("split", "shuffle", "augment", "dictionary"))
 
 
 class TrainingError(EdgestemError):
     """Training failed in a way the user must act on (NaN loss, collapsed encoder)."""
-
-
-@dataclass
-class TrainingData:
-    """Raw patterns (for noise augmentation), model inputs, labels and provenance of a data file."""
-
-    raw: np.ndarray  # (N, Qx, Qy) float32, as read
-    x: np.ndarray  # (N, 1, H, W) float32, pre-processed
-    scan_shape: tuple[int, int]
-    labels: dict[str, np.ndarray]
-    symmetry: str | None
-    fingerprint: str
-    path: Path
 
 
 @dataclass
@@ -72,38 +71,6 @@ class Stage:
     checkpoint: dict[str, Any] = field(default_factory=dict)  # stored with the weights (quantization spec)
 
 
-def symmetry_of(attrs: dict[str, Any], cfg: Config) -> str | None:
-    """Lattice symmetry: the config's, or (``auto``) the data file's simulator attributes, else None."""
-    if cfg.model.symmetry != "auto":
-        return None if cfg.model.symmetry == "none" else cfg.model.symmetry
-    lat = json_attr(attrs.get("lattice"))
-    if isinstance(lat, dict):
-        return {6: "hex", 4: "square"}.get(lat.get("symmetry")) or (
-            lat.get("kind") if lat.get("kind") in ("hex", "square") else None
-        )
-    return None
-
-
-def load_data(path: str | Path, cfg: Config, dataset: str | None = None) -> TrainingData:
-    """Read every pattern of a file, validate it, and pre-process it with the one function."""
-    path = Path(path)
-    with open_4dstem(path, dataset) as ds:
-        blocks = [block for _, block in ds.iter_rows()]
-        raw = np.concatenate(blocks).reshape(-1, *ds.pattern_shape).astype(np.float32, copy=False)
-        h = hashlib.sha256()
-        h.update(np.asarray(ds.shape).tobytes())
-        h.update(raw[:: max(1, len(raw) // 16)].tobytes())
-        return TrainingData(
-            raw=raw,
-            x=preprocess(raw, cfg.preprocess)[:, None],
-            scan_shape=ds.scan_shape,
-            labels=dict(ds.labels),
-            symmetry=symmetry_of(ds.attrs, cfg),
-            fingerprint=h.hexdigest()[:16],
-            path=path,
-        )
-
-
 def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed, *key])
 
@@ -122,7 +89,7 @@ def build_model(cfg: Config, data: TrainingData, train_idx: np.ndarray, layers: 
     init = np.repeat(mean[None], cfg.model.dictionaries, axis=0)
     if cfg.model.dictionaries > 1:
         # Distinct starting points: means of a seeded partition of the training patterns.
-        parts = np.array_split(_rng(cfg.seed, 14).permutation(train_idx), cfg.model.dictionaries)
+        parts = np.array_split(_rng(cfg.seed, _DICTIONARY).permutation(train_idx), cfg.model.dictionaries)
         init = np.stack([data.x[p, 0].mean(axis=0) for p in parts])
     torch.manual_seed(cfg.seed)
     return CCSTAE(cfg.model, cfg.preprocess.size, data.symmetry, init, mask, layers, smooth_px=cfg.loss.smooth_px)
@@ -132,10 +99,7 @@ def _augment(raw: np.ndarray, cfg: Config, rng: np.random.Generator) -> np.ndarr
     """Noise drawn on the fly at a level drawn for the batch, then the one pre-processing."""
     aug = cfg.train.augment
     level = float(aug.levels[rng.integers(len(aug.levels))])
-    if aug.model == "background":
-        noise = NoiseConfig(model="background", w=level, counts_per_probe=aug.counts_per_probe)
-    else:
-        noise = NoiseConfig(model="dose", dose=level)
+    noise = noise_at(aug.model, level, aug.counts_per_probe)
     return preprocess(apply_noise(raw, noise, rng), cfg.preprocess)[:, None]
 
 
@@ -220,62 +184,6 @@ def learning_verdict(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    from edgestem.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(run: str | Path) -> dict[str, Any]:
-    """Read a run's checkpoint, checking it was written by a compatible edgestem."""
-    path = Path(run) / CHECKPOINT
-    if not path.is_file():
-        raise EdgestemError(f"{run}: no {CHECKPOINT}; train first (edgestem train --out {run})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise EdgestemError(f"{path}: unreadable checkpoint ({type(exc).__name__}); retrain the run") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise EdgestemError(
-            f"{path}: checkpoint format {state.get('format') if isinstance(state, dict) else '?'} from edgestem "
-            f"{state.get('version') if isinstance(state, dict) else '?'} is not readable by edgestem {__version__}; "
-            "retrain the run with this version"
-        )
-    return state
-
-
-def _add_mask_buffers(model: CCSTAE, weights: dict[str, Any]) -> None:
-    """Register the pruning masks a saved state holds (``<layer>.weight_mask``) so it loads."""
-    for key, mask in weights.items():
-        if key.endswith(".weight_mask"):
-            mod = model.get_submodule(key[: -len(".weight_mask")])
-            if not hasattr(mod, "weight_mask"):
-                mod.register_buffer("weight_mask", torch.ones_like(mask))
-
-
-def model_from_checkpoint(state: dict[str, Any], layers: LayerFactory | None = None) -> tuple[CCSTAE, Config]:
-    """Rebuild the model (and its config) from a checkpoint: float, quantized or pruned alike."""
-    cfg = Config.model_validate(state["config"])
-    if layers is None and state.get("quant"):
-        from edgestem.compress.quantize import BrevitasLayers, QuantSpec
-
-        layers = BrevitasLayers(QuantSpec.from_dict(state["quant"]))
-    model = CCSTAE(
-        cfg.model,
-        cfg.preprocess.size,
-        state["symmetry"],
-        np.zeros((cfg.model.dictionaries, cfg.preprocess.size, cfg.preprocess.size), np.float32),
-        np.zeros((cfg.preprocess.size, cfg.preprocess.size), np.float32),
-        layers,
-        smooth_px=cfg.loss.smooth_px,
-    )
-    _add_mask_buffers(model, state["model"])
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg
-
-
 def train(
     cfg: Config,
     data_path: str | Path,
@@ -323,7 +231,7 @@ def _train(
     from edgestem.runinfo import machine, versions
 
     run = Path(run_dir)
-    ckpt_path = run / CHECKPOINT
+    ckpt_path = checkpoint_path(run)
     state: dict[str, Any] | None = None
     if resume:
         if not ckpt_path.is_file():
@@ -350,7 +258,7 @@ def _train(
     if state is not None:
         # Before the optimiser is made: Brevitas replaces its scale parameters on loading, and an
         # optimiser holding the old ones would silently stop training them.
-        _add_mask_buffers(model, state["model"])
+        add_mask_buffers(model, state["model"])
         model.load_state_dict(state["model"])
     # L1/L2 act on weights and biases only, not on quantizer scales.
     enc_params = [
@@ -375,7 +283,7 @@ def _train(
         history, start_epoch, elapsed = state["history"], state["epoch"], state["seconds"]
     run.mkdir(parents=True, exist_ok=True)
     if world.writer:
-        save_config(cfg, run / "config.yaml")
+        save_config(cfg, config_path(run))
 
     n_batches = max(1, int(np.ceil(len(train_idx) / cfg.train.batch_size)))
     if world.size > 1:
@@ -391,9 +299,12 @@ def _train(
         sums: dict[str, float] = {}
         for b in range(n_batches):
             if cfg.train.lr_schedule == "cosine":  # from (epoch, batch) alone, so --resume continues it exactly
-                frac = (epoch * n_batches + b) / (cfg.train.epochs * n_batches)
+                step, total = epoch * n_batches + b, cfg.train.epochs * n_batches
+                # A linear warm-up over the first 5 % of the steps: a fine-tuned model's first full-size
+                # steps can throw away what it learned (measured: a distillation lost its strain maps).
+                warm = min(1.0, (step + 1) / max(1.0, 0.05 * total))
                 for group, lr0 in zip(optim.param_groups, base_lrs, strict=True):
-                    group["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * frac))
+                    group["lr"] = lr0 * warm * 0.5 * (1.0 + math.cos(math.pi * step / total))
             idx = np.sort(order[b * cfg.train.batch_size : (b + 1) * cfg.train.batch_size])
             if cfg.train.augment.model != "none":
                 xb = torch.from_numpy(_augment(data.raw[idx], cfg, _rng(cfg.seed, _AUGMENT, epoch, b)))
@@ -439,7 +350,7 @@ def _train(
         history.append(entry)
         if not world.writer:
             continue
-        _save_checkpoint(
+        save_checkpoint(
             ckpt_path,
             {
                 "format": CHECKPOINT_FORMAT,
@@ -479,18 +390,12 @@ def _train(
         "machine": machine(),
     }
     if world.writer:
-        write_json(run / "train.json", report)
+        write_json(run / TRAIN_REPORT, report)
     return report
 
 
-def load_run_config(run: str | Path) -> Config:
-    """The resolved config saved in a run directory."""
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        raise EdgestemError(f"{run}: not a run directory (no config.yaml)")
-    return load_config(path)
-
-
+# load_data, load_checkpoint, model_from_checkpoint and load_run_config live in edgestem.data.dataset
+# and edgestem.rundir; they stay importable from here for code written against earlier versions.
 __all__ = [
     "Stage",
     "TrainingData",

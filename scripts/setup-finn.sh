@@ -55,7 +55,7 @@ export FINN_RTLLIB="$site/finn/finn-rtllib"
 export FINN_CUSTOM_HLS="$site/finn/custom_hls"
 EOF
 
-# The check TOOLCHAIN.md names: the build steps import without Vivado once finn.xsi.SimEngine is None;
+# The check docs/toolchain.md describes (FINN): the build steps import without Vivado once finn.xsi.SimEngine is None;
 # and brevitas, whose pkg_resources import breaks with a too-new setuptools.
 # shellcheck disable=SC1091
 if ! (source "$venv/finn-env.sh" && "$venv/bin/python" -W ignore::UserWarning -c '

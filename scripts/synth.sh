@@ -83,7 +83,7 @@ if [ -z "$board" ] && [ $has_hls4ml = 1 ]; then
 fi
 [ -n "$board" ] || die "give --board (zcu104, u250, pynq-z2 or a part number): the FINN project's part is not known here"
 # A bad --board or --clock-ns stops here with one line, before any tool starts.
-"$python" -m edgestem.export.boards "$board" ${clock:+--clock-ns "$clock"} > /dev/null || exit 2
+"$python" -m edgestem.targets.boards "$board" ${clock:+--clock-ns "$clock"} > /dev/null || exit 2
 
 make_args=(-f "$root/hw/Makefile" "RUN=$(cd "$run" && pwd)" "PYTHON=$python" "BOARD=$board")
 [ -n "$clock" ] && make_args+=("CLOCK_NS=$clock")

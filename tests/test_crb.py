@@ -109,7 +109,7 @@ def _warp_bound(F: np.ndarray, lat: LatticeConfig, size: int, counts: float, ste
 
 
 def test_warping_the_whole_pattern_is_too_optimistic(deformations):
-    """Trap 1 of SCIENCE.md section 8: a deforming central beam (and disk radii) credit false information."""
+    """Trap 1 of docs/science.md ("The physical limit"): a deforming central beam credits false information."""
     F = deformations[:2]
     lat = LatticeConfig()
     ratio = _warp_bound(F, lat, 64, 1e4) / _vec(crb.crb_mae(F, lat, 64, 1e4))

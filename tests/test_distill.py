@@ -45,21 +45,27 @@ def float_run(tmp_path_factory, unlabelled):
 
 
 def _teacher_gap(run, data, A_t, ok):
+    """RMS difference of the head parameters from the teacher's, each in units of the teacher's spread."""
+    from edgestem.model.ccstae import regression_scale, target_params
+
     model, cfg = model_from_checkpoint(load_checkpoint(run))
-    A = predict_affine(model, load_data(data, cfg).x)
-    return float(np.sqrt(np.mean((A[ok] - A_t[ok]) ** 2)))
+    pred, target = target_params(predict_affine(model, load_data(data, cfg).x)), target_params(A_t)
+    scale = regression_scale(cfg.distill.unit)
+    return float(np.sqrt(np.mean(((pred[ok] - target[ok]) / scale) ** 2)))
 
 
 def test_distilled_encoder_moves_towards_the_teacher(tmp_path, float_run, unlabelled):
     out = tmp_path / "distill"
-    rep = distill_run(float_run, DistillConfig(epochs=6, lr=3e-3), out=out)
+    rep = distill_run(float_run, DistillConfig(epochs=20, lr=3e-4), out=out)
     for name in ("checkpoint.pt", "config.yaml", "distill.json", "round-1/targets.npz", "round-1/train.json"):
         assert (out / name).is_file(), name
     with np.load(out / "round-1" / "targets.npz") as z:
         A_t, ok = z["A"], z["ok"]
     assert ok.sum() > len(ok) // 2
     before, after = _teacher_gap(float_run, unlabelled, A_t, ok), _teacher_gap(out, unlabelled, A_t, ok)
-    assert after < 0.7 * before, (before, after)
+    assert after < 0.95 * before, (before, after)
+    hist = json.loads((out / "round-1" / "train.json").read_text())["history"]
+    assert hist[-1]["train_distill"] < 0.5 * hist[0]["train_distill"]
     saved = json.loads((out / "distill.json").read_text())
     assert saved["stage"] == "distill" and saved["metrics"]["rounds"][0]["teacher_mapped"] == int(ok.sum())
     hist = rep["metrics"]["rounds"][0]["final"]
@@ -68,11 +74,11 @@ def test_distilled_encoder_moves_towards_the_teacher(tmp_path, float_run, unlabe
     state = load_checkpoint(out)
     assert state["stage"] == "distill" and not state.get("quant")
     with pytest.raises(EdgestemError, match="--resume"):
-        distill_run(float_run, DistillConfig(epochs=6, lr=3e-3), out=out)
+        distill_run(float_run, DistillConfig(epochs=20, lr=3e-4), out=out)
 
 
 def test_resume_continues_a_killed_round_to_the_same_weights(tmp_path, float_run):
-    dcfg = DistillConfig(epochs=3, lr=3e-3)
+    dcfg = DistillConfig(epochs=3, lr=3e-4)
     distill_run(float_run, dcfg, out=tmp_path / "full")
 
     def kill(stage, done, total, loss):  # killed early in the second epoch: epoch 1's checkpoint is on disk

@@ -11,7 +11,8 @@ import yaml
 
 from edgestem.config import load_config
 from edgestem.distributed import World
-from edgestem.train import load_checkpoint, train
+from edgestem.rundir import load_checkpoint
+from edgestem.train import train
 
 # No BatchNorm: then the summed shard gradients are the whole batch's gradient (with BatchNorm
 # each shard is normalised by its own statistics, as in DistributedDataParallel).

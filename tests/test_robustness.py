@@ -71,8 +71,9 @@ def check_grid(res):
 
 def check_losses(out, res):
     """The same-noise loss is the training loss on the test patterns."""
+    from edgestem.data.dataset import load_data
     from edgestem.evaluate import score_patterns
-    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
+    from edgestem.rundir import load_checkpoint, model_from_checkpoint
 
     model, cfg = model_from_checkpoint(load_checkpoint(out / "runs" / "0-seed0"))
     x = load_data(out / "data" / "test-0.5.h5", cfg).x

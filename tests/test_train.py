@@ -9,7 +9,8 @@ import torch
 from edgestem.config import load_config
 from edgestem.data.io import write_4dstem
 from edgestem.errors import DataError, EdgestemError
-from edgestem.train import TrainingError, load_checkpoint, model_from_checkpoint, train
+from edgestem.rundir import load_checkpoint, model_from_checkpoint
+from edgestem.train import TrainingError, train
 
 TINY = {
     "model.encoder.channels": [4, 8, 8],

@@ -30,10 +30,24 @@ import torch
 from torch import nn
 
 from edgestem.config import Config, PruneConfig
+from edgestem.data.dataset import load_data
 from edgestem.errors import ConfigError, DataError, EdgestemError
 from edgestem.model.ccstae import CCSTAE
 from edgestem.model.encoder import N_OUTPUTS, LayerFactory, count_macs, count_parameters
-from edgestem.train import CHECKPOINT, Stage, load_checkpoint, load_data, load_run_config, model_from_checkpoint
+from edgestem.rundir import (
+    CHECKPOINT,
+    PRUNE_DIR,
+    QAT_DIR,
+    TRAIN_REPORT,
+    checkpoint_path,
+    config_path,
+    layer_factory,
+    load_checkpoint,
+    load_run_config,
+    model_from_checkpoint,
+    stage_dir,
+)
+from edgestem.train import Stage
 
 SOURCES = ("float", "qat")
 
@@ -290,11 +304,11 @@ def source_dir(run: str | Path, source: str = "auto") -> tuple[str, Path]:
     """Which model to prune: ``float`` (RUN/checkpoint.pt), ``qat`` (RUN/qat/checkpoint.pt) or ``auto``."""
     run = Path(run)
     if source == "auto":
-        source = "qat" if (run / "qat" / CHECKPOINT).is_file() else "float"
+        source = "qat" if checkpoint_path(run / QAT_DIR).is_file() else "float"
     if source not in SOURCES:
         raise ConfigError(f"--from {source!r}: choose float, qat or auto")
-    path = run / "qat" if source == "qat" else run
-    if not (path / CHECKPOINT).is_file():
+    path = stage_dir(run, source)
+    if not checkpoint_path(path).is_file():
         hint = f"edgestem qat --run {run}" if source == "qat" else f"edgestem train --out {run}"
         raise EdgestemError(f"{path}: no {CHECKPOINT} to prune; run {hint} first")
     return source, path
@@ -307,15 +321,6 @@ def stage_config(source: Config, prune: PruneConfig, regularization: dict[str, f
     if prune.structured:
         cfg = shrunk_config(cfg, prune.sparsity, layers_to_prune(source, prune.layers, structured=True))
     return cfg
-
-
-def layer_factory(state: dict[str, Any]) -> LayerFactory | None:
-    """The layer factory a checkpoint's encoder was built with: Brevitas for a quantized one, else None (float)."""
-    if not state.get("quant"):
-        return None
-    from edgestem.compress.quantize import BrevitasLayers, QuantSpec
-
-    return BrevitasLayers(QuantSpec.from_dict(state["quant"]))
 
 
 def schedule(prune: PruneConfig) -> list[dict[str, Any]]:
@@ -399,12 +404,12 @@ def prune_run(
     t0 = time.perf_counter()
     cfg = cfg or Config()
     kind, src = source_dir(run, source)
-    out = Path(out) if out is not None else Path(run) / "prune"
+    out = Path(out) if out is not None else Path(run) / PRUNE_DIR
     state = load_checkpoint(src)
     source_model, source_cfg = model_from_checkpoint(state)
     prune = cfg.prune
     reg = {k: getattr(cfg.train, k) for k in ("l1_weight", "weight_decay") if k in cfg.train.model_fields_set}
-    if resume and (out / "config.yaml").is_file():
+    if resume and config_path(out).is_file():
         saved = load_run_config(out)
         epochs = {"epochs": prune.epochs} if "epochs" in prune.model_fields_set else {}
         prune = saved.prune.model_copy(update=epochs)
@@ -443,8 +448,8 @@ def prune_run(
         metrics["kept_channels"] = stage.checkpoint["prune"]["kept_channels"]
     report = stage_report(
         "prune",
-        inputs={"run": str(run), "source": str(src / CHECKPOINT), "data": str(data_path)},
-        outputs={"run": str(out), "checkpoint": str(out / CHECKPOINT), "train": str(out / "train.json")},
+        inputs={"run": str(run), "source": str(checkpoint_path(src)), "data": str(data_path)},
+        outputs={"run": str(out), "checkpoint": str(checkpoint_path(out)), "train": str(out / TRAIN_REPORT)},
         config=run_cfg,
         metrics=metrics,
         started=t0,

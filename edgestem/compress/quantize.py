@@ -1,13 +1,8 @@
-"""Quantization-aware training: the Brevitas layer factory, BatchNorm folding, the QAT stage.
+"""Quantization-aware training: BatchNorm folding, calibration and the QAT stage (``edgestem qat``).
 
-The quantized encoder is the ONE encoder of :mod:`edgestem.model.encoder`, built with
-:class:`BrevitasLayers` instead of float layers. Every quantizer has a power-of-two scale
-(fixed point): weights ``Int8WeightPerTensorFixedPoint``, ReLU outputs
-``Uint8ActPerTensorFixedPoint``, the input an unsigned fixed-point quantizer, the four outputs a
-signed one, biases ``IntBias`` whose scale is the input scale times the weight scale (the bit
-widths overridden from :class:`~edgestem.config.QatConfig`). That is the recipe measured to give
-bit-exact hls4ml firmware (TOOLCHAIN.md); float scales are not offered because the firmware
-would silently differ.
+The quantized encoder is the ONE encoder of :mod:`edgestem.model.encoder`, built with the Brevitas
+layer factory (:class:`edgestem.model.layers.BrevitasLayers`, power-of-two scales only) instead of
+float layers; the bit widths come from the ``qat`` config section (:class:`QuantSpec`).
 
 BatchNorm is folded into the preceding convolution before QAT starts (the quantized encoder has
 no BatchNorm), so what is trained is exactly what is exported.
@@ -15,8 +10,6 @@ no BatchNorm), so what is trained is exactly what is exported.
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,45 +19,7 @@ from torch import nn
 
 from edgestem.config import Config, QatConfig
 from edgestem.errors import ConfigError
-
-QUANT_FORMAT = 1
-# brevitas.graph warns on import about an optional CUDA kernel package that CPU QAT does not use.
-warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """Bit widths of a quantized encoder; stored in the checkpoint so the model can be rebuilt."""
-
-    bits: int = 6
-    input_bits: int = 8
-    output_bits: int = 16
-    bias_bits: int = 16
-    per_layer: dict[str, int] = field(default_factory=dict)
-    format: int = QUANT_FORMAT
-
-    @classmethod
-    def from_config(cls, cfg: QatConfig) -> QuantSpec:
-        return cls(cfg.bits, cfg.input_bits, cfg.output_bits, cfg.bias_bits, dict(cfg.per_layer))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
-        if data.get("format") != QUANT_FORMAT:
-            raise ConfigError(f"quantization spec format {data.get('format')} is not supported; rerun edgestem qat")
-        return cls(**data)
-
-    def bits_of(self, name: str) -> int:
-        """Bit width of a layer by its stable name (``input``, ``conv1``, ``relu1``, ``fc2``, ``output``)."""
-        if name in self.per_layer:
-            return int(self.per_layer[name])
-        if name == "input":
-            return self.input_bits
-        if name == "output":
-            return self.output_bits
-        return self.bits
+from edgestem.model.layers import BrevitasLayers, QuantSpec
 
 
 def layer_names(cfg: Config) -> list[str]:
@@ -85,82 +40,6 @@ def check_per_layer(cfg: Config) -> None:
             raise ConfigError(f"qat.per_layer: no layer named {name!r}; choose from {', '.join(valid)}")
         if not 1 <= int(bits) <= 24:
             raise ConfigError(f"qat.per_layer.{name}: {bits} bits is out of range; use 1 to 24")
-
-
-def _quantizers() -> dict[str, Any]:
-    from brevitas.quant import (
-        Int8ActPerTensorFixedPoint,
-        Int8WeightPerTensorFixedPoint,
-        Uint8ActPerTensorFixedPoint,
-    )
-    from brevitas.quant.scaled_int import IntBias
-
-    return {
-        "weight": Int8WeightPerTensorFixedPoint,
-        "uact": Uint8ActPerTensorFixedPoint,
-        "sact": Int8ActPerTensorFixedPoint,
-        "bias": IntBias,
-    }
-
-
-class BrevitasLayers:
-    """Layer factory of quantized drop-in layers (Brevitas), power-of-two scales only.
-
-    Quantized tensors flow between layers (``return_quant_tensor=True``) so that each bias is
-    quantized with the scale of its layer's input times its weight scale, as in the firmware.
-    """
-
-    def __init__(self, spec: QuantSpec) -> None:
-        self.spec = spec
-        self.q = _quantizers()
-        import brevitas.nn as qnn
-
-        self.qnn = qnn
-
-    def input(self) -> nn.Module:
-        return self.qnn.QuantIdentity(
-            act_quant=self.q["uact"], bit_width=self.spec.bits_of("input"), return_quant_tensor=True
-        )
-
-    def output(self) -> nn.Module:
-        return self.qnn.QuantIdentity(
-            act_quant=self.q["sact"], bit_width=self.spec.bits_of("output"), return_quant_tensor=False
-        )
-
-    def conv(self, name: str, c_in: int, c_out: int, kernel: int) -> nn.Module:
-        return self.qnn.QuantConv2d(
-            c_in,
-            c_out,
-            kernel,
-            padding=kernel // 2,
-            bias=True,
-            weight_quant=self.q["weight"],
-            weight_bit_width=self.spec.bits_of(name),
-            bias_quant=self.q["bias"],
-            bias_bit_width=self.spec.bias_bits,
-            return_quant_tensor=True,
-        )
-
-    def batchnorm(self, name: str, channels: int) -> nn.Module:
-        raise ConfigError("the quantized encoder has no BatchNorm: fold it first (fold_batchnorm)")
-
-    def relu(self, name: str) -> nn.Module:
-        return self.qnn.QuantReLU(act_quant=self.q["uact"], bit_width=self.spec.bits_of(name), return_quant_tensor=True)
-
-    def pool(self, name: str) -> nn.Module:
-        return nn.MaxPool2d(2)
-
-    def linear(self, name: str, n_in: int, n_out: int, last: bool) -> nn.Module:
-        return self.qnn.QuantLinear(
-            n_in,
-            n_out,
-            bias=True,
-            weight_quant=self.q["weight"],
-            weight_bit_width=self.spec.bits_of(name),
-            bias_quant=self.q["bias"],
-            bias_bit_width=self.spec.bias_bits,
-            return_quant_tensor=True,
-        )
 
 
 def fold_batchnorm(encoder: nn.Sequential) -> dict[str, torch.Tensor]:
@@ -284,17 +163,19 @@ def qat_run(
     import time
 
     from edgestem.atomic import write_json
+    from edgestem.data.dataset import load_data
     from edgestem.errors import EdgestemError
     from edgestem.evaluate import compare_models
     from edgestem.model.ccstae import CCSTAE
     from edgestem.model.encoder import count_macs, count_parameters
+    from edgestem.rundir import QAT_DIR, checkpoint_path, has_checkpoint, load_checkpoint, model_from_checkpoint
     from edgestem.runinfo import stage_report
-    from edgestem.train import Stage, load_checkpoint, load_data, model_from_checkpoint, train
+    from edgestem.train import Stage, train
 
     started = time.perf_counter()
     run = Path(run)
-    out = Path(out) if out is not None else run / "qat"
-    if not (run / "checkpoint.pt").is_file():
+    out = Path(out) if out is not None else run / QAT_DIR
+    if not has_checkpoint(run):
         raise EdgestemError(f"{run}: no float checkpoint (checkpoint.pt); train first (edgestem train --out {run})")
     state = load_checkpoint(run)
     if state.get("quant"):
@@ -326,15 +207,14 @@ def qat_run(
             raise EdgestemError(f"{run}: float weights do not fit the quantized encoder ({wrong[0]}); retrain the run")
         calibrate(model.encoder, d.x[train_idx[: qat.calibration_patterns]])
         if qat.teacher == "float":
-            from edgestem.distill import regression_scale
             from edgestem.evaluate import predict_affine
-            from edgestem.model.ccstae import target_params
+            from edgestem.model.ccstae import regression_scale, target_params
+            from edgestem.train import evaluate_loss
 
             params = target_params(predict_affine(float_model, d.x))
             teacher["params"] = torch.from_numpy(params.astype(np.float32))
-            teacher["scale"] = torch.from_numpy(
-                regression_scale(params[train_idx], float_cfg.distill.unit).astype(np.float32)
-            )
+            teacher["scale"] = torch.from_numpy(regression_scale(float_cfg.distill.unit).astype(np.float32))
+            teacher["cycle0"] = max(evaluate_loss(model, d.x[train_idx[:512]], cfg)["total"], 1e-12)
         return model
 
     def batch_loss(model: CCSTAE, out: Any, idx: np.ndarray, terms: dict[str, Any]) -> dict[str, Any]:
@@ -342,7 +222,7 @@ def qat_run(
 
         ti = torch.from_numpy(np.asarray(idx, np.int64))
         reg = param_regression(model.head, out.raw, teacher["params"][ti], teacher["scale"], torch.ones(len(ti)))
-        total = reg + float_cfg.distill.cycle_weight * terms["total"]
+        total = reg + float_cfg.distill.cycle_weight * terms["total"] / teacher["cycle0"]
         return {**terms, "cycle": terms["total"], "distill": reg, "total": total}
 
     stage = Stage(
@@ -385,7 +265,7 @@ def qat_run(
         stage_report(
             "qat",
             inputs={"run": run, "data": data_path, "eval_data": eval_data or data_path},
-            outputs={"run": out, "checkpoint": out / "checkpoint.pt"},
+            outputs={"run": out, "checkpoint": checkpoint_path(out)},
             config=cfg,
             metrics=metrics,
             started=started,
@@ -409,9 +289,7 @@ def _ratios(rows: list[dict[str, Any]], model: str, ref: str) -> dict[str, dict[
 
 
 __all__ = [
-    "BrevitasLayers",
     "qat_run",
-    "QuantSpec",
     "calibrate",
     "check_per_layer",
     "fold_batchnorm",

@@ -1,4 +1,4 @@
-"""Seeded noise models of SCIENCE.md section 4: Lorentzian background + Poisson, dose-limited Poisson,
+"""Seeded noise models (docs/science.md, "Noise models"): Lorentzian background + Poisson, dose-limited Poisson,
 detector read noise and hot pixels.
 
 Units of the output:
@@ -20,8 +20,11 @@ on a real detector) and read a saturated value: ``HOT_PIXEL_FACTOR`` (50) times 
 count per pixel of a pattern (``50 * counts / (Qx Qy)``, expressed in the output's units), the same
 value in every frame.
 
-All draws come from generators seeded by ``(seed, stream id, scan row)`` (:func:`noise_rng`), so the
-noise of a scan row does not depend on how the scan is chunked.
+All draws come from generators seeded by ``(seed, stream id, scan row)`` (:func:`noise_rng`, the
+rule of :mod:`edgestem.seeds`), so the noise of a scan row does not depend on how the scan is chunked.
+A noise level given as a number on an axis (background weight ``w`` or dose) becomes a noise model
+in one place, :func:`noise_at`; lists of levels typed on the command line are read by
+:func:`parse_levels`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import numpy as np
 
 from edgestem.config import NoiseConfig
 from edgestem.data.io import json_attr
-from edgestem.errors import DataError
+from edgestem.errors import ConfigError, DataError
+from edgestem.seeds import STREAMS
 
 __all__ = [
     "HOT_PIXEL_FACTOR",
@@ -45,6 +49,9 @@ __all__ = [
     "hot_pixel_mask",
     "noise_rng",
     "is_active",
+    "noise_at",
+    "noise_levels",
+    "parse_levels",
     "apply_noise",
     "noise_units",
     "describe",
@@ -52,8 +59,8 @@ __all__ = [
 ]
 
 HOT_PIXEL_FACTOR = 50.0
-NOISE_STREAM = 3
-HOT_PIXEL_STREAM = 4
+NOISE_STREAM = STREAMS["noise"]
+HOT_PIXEL_STREAM = STREAMS["hot_pixels"]
 
 
 def _shape2(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -88,6 +95,55 @@ def hot_pixel_mask(size: int | tuple[int, int], fraction: float, seed: int) -> n
 def noise_rng(seed: int, row: int) -> np.random.Generator:
     """The noise generator of scan row ``row``: stream ``NOISE_STREAM`` of ``seed``."""
     return np.random.default_rng([int(seed), NOISE_STREAM, int(row)])
+
+
+AXES = {"w": "background", "background": "background", "dose": "dose"}  # how a level's axis may be named
+
+
+def noise_at(axis: str, level: float, counts_per_probe: float | None = None) -> NoiseConfig:
+    """The ONE noise model of one level: background weight ``w`` (axis ``w`` or ``background``) or ``dose``.
+
+    Background: the weight ``w`` of the background, then Poisson at ``counts_per_probe`` electrons
+    per pattern (the config's default when None). With no ``counts_per_probe`` given, w = 0 is no
+    noise at all: the clean patterns an evaluation table starts from. Given (noise augmentation,
+    robustness studies), the Poisson draw stays at w = 0. Dose: Poisson at ``level`` electrons per pattern.
+    """
+    model = AXES.get(axis)
+    if model is None:
+        raise ConfigError(f"noise axis {axis!r}: choose w (background) or dose")
+    value = float(level)
+    if model == "dose":
+        return NoiseConfig(model="dose", dose=value)
+    if counts_per_probe is None:
+        return NoiseConfig(model="background", w=value) if value > 0 else NoiseConfig(model="none")
+    return NoiseConfig(model="background", w=value, counts_per_probe=counts_per_probe)
+
+
+def noise_levels(values: list[float], axis: str) -> list[tuple[str, NoiseConfig]]:
+    """Labelled evaluation levels ``[("w=0.25", NoiseConfig), ...]`` (``w`` or ``dose``; w = 0 is clean)."""
+    name = "dose" if AXES.get(axis) == "dose" else "w"
+    return [(f"{name}={v:g}", noise_at(name, v)) for v in values]
+
+
+def parse_levels(
+    noise_w: str | None, dose: str | None, options: tuple[str, str] = ("--eval-noise-w", "--eval-dose")
+) -> list[tuple[str, NoiseConfig]] | None:
+    """Levels from '0,0.25,0.5' (background w) or '1e4,1e3' (dose); None when neither is given.
+
+    ``options`` name the two command-line options in the one-line errors.
+    """
+    if noise_w and dose:
+        raise ConfigError(f"give either {options[0]} or {options[1]}, not both")
+    text, axis = (noise_w, "w") if noise_w else (dose, "dose")
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"noise levels {text!r}: give numbers separated by commas") from None
+    if any(v < 0 or (axis == "w" and v >= 1) or (axis == "dose" and v <= 0) for v in values):
+        raise ConfigError(f"noise levels {text!r}: w must lie in [0, 1), doses must be > 0")
+    return noise_levels(values, axis)
 
 
 def is_active(noise: NoiseConfig) -> bool:

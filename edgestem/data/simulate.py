@@ -1,4 +1,4 @@
-"""Kinematic 4D-STEM simulator with strain labels (SCIENCE.md sections 1 and 5).
+"""Kinematic 4D-STEM simulator with strain labels (docs/science.md, "The built-in simulator").
 
 Each pattern is a lattice of soft-edged Bragg disks. A deformation ``F = R(theta) (I + eps)`` moves
 the diffracted disks to ``g' = A g`` with ``A = F^-T`` (:func:`edgestem.strain.affine_from_deformation`);
@@ -27,6 +27,7 @@ from edgestem import strain
 from edgestem.config import Config, LatticeConfig, SimulateConfig, SpecimenConfig, dump_config
 from edgestem.data import noise as noise_mod
 from edgestem.data.io import LABEL_KEYS, hdf5_writer
+from edgestem.seeds import STREAMS
 
 __all__ = [
     "SPECIMEN_STREAM",
@@ -45,8 +46,8 @@ __all__ = [
     "simulate_to_file",
 ]
 
-SPECIMEN_STREAM = 1
-DISK_STREAM = 2
+SPECIMEN_STREAM = STREAMS["specimen"]
+DISK_STREAM = STREAMS["disks"]
 SIMULATOR = "edgestem kinematic"
 
 # The disk profile is cut at R + 1/2 + _SUPPORT_EDGES edge widths (where its tail is 4.5e-5) and

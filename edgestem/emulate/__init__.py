@@ -3,30 +3,19 @@
 A backend turns pre-processed patterns ``(N, 1, H, W)`` float32 into the encoder's four raw outputs
 ``(N, 4)``; everything before (reading, noise, the one pre-processing) and after (the bounded head,
 the one strain computation, metrics) is shared, so backends differ only in how the encoder runs.
-Backends are registered by name in :data:`BACKENDS` (name -> module); each module defines one
-``Backend`` class. Adding a backend is one file and one line here.
+Backends are registered by name in :data:`edgestem.registry.EMULATORS`; each module defines one
+``Backend`` class. Adding a backend is one file and one line in that registry.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from edgestem.errors import EdgestemError
-
-BACKENDS: dict[str, str] = {
-    "torch": "edgestem.emulate.float_torch",  # the float model (RUN/checkpoint.pt)
-    "brevitas": "edgestem.emulate.brevitas_qat",  # the quantized model in PyTorch: the reference
-    "qonnx": "edgestem.emulate.qonnx_exec",  # the exported QONNX graph, qonnx's executor
-    "onnxruntime": "edgestem.emulate.ort",  # the QCDQ export under ONNX Runtime
-    "hls4ml": "edgestem.emulate.hls4ml_cpp",  # the compiled hls4ml firmware C++
-    "finn": "edgestem.emulate.finn_exec",  # FINN's own execution, in its environment
-    "verilator": "edgestem.emulate.verilator_sim",  # the generated RTL (RUN/firmware/rtl/) under Verilator
-}
+from edgestem.registry import EMULATORS
 
 
 class Backend(Protocol):
@@ -41,17 +30,12 @@ class Backend(Protocol):
 
 
 def backend_names() -> list[str]:
-    return list(BACKENDS)
+    return EMULATORS.names()
 
 
 def get_backend(name: str, run: str | Path, **options: Any) -> Backend:
-    """Instantiate backend ``name`` for ``run`` (missing artifacts or tools: one-line errors)."""
-    if name not in BACKENDS:
-        raise EdgestemError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    if importlib.util.find_spec(BACKENDS[name]) is None:
-        raise EdgestemError(f"backend {name!r} is not part of this edgestem installation; reinstall edgestem")
-    module = importlib.import_module(BACKENDS[name])
-    return module.Backend(Path(run), **options)
+    """Instantiate backend ``name`` for ``run`` (unknown names, missing artifacts or tools: one-line errors)."""
+    return EMULATORS.get(name, "--backend")(Path(run), **options)
 
 
 def quantized_dir(run: str | Path) -> Path:
@@ -112,7 +96,8 @@ def emulate(
 ) -> dict[str, Any]:
     """``edgestem emulate``: strain maps of ``data`` through one backend, written like ``edgestem strain``.
 
-    ``noise`` (a NoiseConfig) is drawn on the patterns first, seeded from the run's config. With
+    ``noise`` (a NoiseConfig) is drawn on the patterns first, seeded from the run's config (stream
+    ``emulate`` of :mod:`edgestem.seeds`). With
     ``check`` the raw outputs are compared with the Brevitas reference (see
     :func:`check_against_reference`); a bit-exact backend that differs writes nothing and raises.
     """
@@ -120,28 +105,20 @@ def emulate(
 
     import torch
 
-    from edgestem import strain as S
     from edgestem.data.noise import apply_noise
     from edgestem.data.preprocess import preprocess
-    from edgestem.errors import DataError
     from edgestem.evaluate import maps_from_affine, write_result
-    from edgestem.train import load_checkpoint, load_data, model_from_checkpoint
+    from edgestem.rundir import open_stage
+    from edgestem.seeds import rng
 
     started = time.perf_counter()
-    state = load_checkpoint(run)
-    model, cfg = model_from_checkpoint(state)
+    stage = open_stage(run)
+    model, cfg = stage.model, stage.cfg
     be = get_backend(backend, run, **(options or {}))
-    d = load_data(data, cfg, dataset)
-    size = cfg.preprocess.size
-    if d.x.shape[-2:] != (size, size):
-        raise DataError(f"{data}: patterns pre-process to {d.x.shape[-2:]}, the run was trained on {size}x{size}")
-    try:
-        S.reference_mask(d.scan_shape, reference)
-    except ValueError as exc:
-        raise EdgestemError(str(exc)) from None
+    d = stage.read(data, dataset, reference)
     x = d.x
     if noise is not None:
-        x = preprocess(apply_noise(d.raw, noise, np.random.default_rng([cfg.seed, 22])), cfg.preprocess)[:, None]
+        x = preprocess(apply_noise(d.raw, noise, rng(cfg.seed, "emulate")), cfg.preprocess)[:, None]
     t0 = time.perf_counter()
     raw = be.predict(np.ascontiguousarray(x, dtype=np.float32))
     seconds = time.perf_counter() - t0
@@ -155,7 +132,7 @@ def emulate(
         results["check"] = check_against_reference(be, run, x, raw)
     with torch.no_grad():
         A = model.head(torch.from_numpy(raw)).numpy()
-    symmetry = state["symmetry"] if d.symmetry is None else d.symmetry
+    symmetry = stage.symmetry(d)
     maps = {backend: maps_from_affine(A, d.scan_shape, reference, symmetry)}
     return write_result(
         "emulate",
@@ -177,7 +154,6 @@ __all__ = [
     "EmulationMismatch",
     "check_against_reference",
     "emulate",
-    "BACKENDS",
     "Backend",
     "backend_names",
     "first_mismatch",

@@ -2,7 +2,7 @@
 
 Runs ``RUN/firmware/finn/emulation.onnx`` (the graph right before FINN's dataflow partition:
 FINN's hardware layers with the thresholds, bit widths and integer interface the firmware gets)
-through :mod:`edgestem.export.finn_driver` in ``.venv-finn``; patterns and outputs travel as
+through :mod:`edgestem.firmware.finn_driver` in ``.venv-finn``; patterns and outputs travel as
 ``.npy`` files. Exact when the build rounded ties half to even like Brevitas (edgestem's
 ``edgestem_round_half_even`` step, the default); a build with FINN's own half-up ties is not, and
 differs by an output LSB or more wherever an activation sits on a tie.
@@ -23,10 +23,11 @@ class Backend:
     exact = True  # per build: False when its thresholds round ties half up (see __init__)
 
     def __init__(self, run: Path) -> None:
-        from edgestem.export.finn import BUILD_REPORT, finn_python
-        from edgestem.export.registry import FIRMWARE_DIR, REPORT_FILE
+        from edgestem.firmware.finn import BUILD_REPORT, finn_python
+        from edgestem.firmware.registry import REPORT_FILE
+        from edgestem.rundir import firmware_dir
 
-        self.build_dir = Path(run) / FIRMWARE_DIR / "finn"
+        self.build_dir = firmware_dir(run, "finn")
         report = self.build_dir / REPORT_FILE
         built = self.build_dir / "report" / BUILD_REPORT
         if not report.is_file() or not built.is_file():
@@ -37,6 +38,6 @@ class Backend:
         self.input = info.get("input", {})
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        from edgestem.export.finn import execute
+        from edgestem.firmware.finn import execute
 
         return execute(self.build_dir, np.ascontiguousarray(x, dtype=np.float32))

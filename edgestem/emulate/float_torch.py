@@ -13,7 +13,7 @@ class Backend:
     exact = False  # float arithmetic: compared with the quantized reference, not bit for bit
 
     def __init__(self, run: Path, stage_dir: Path | None = None) -> None:
-        from edgestem.train import load_checkpoint, model_from_checkpoint
+        from edgestem.rundir import load_checkpoint, model_from_checkpoint
 
         self.model, self.cfg = model_from_checkpoint(load_checkpoint(stage_dir or run))
         self.source = stage_dir or run

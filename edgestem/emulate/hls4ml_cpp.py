@@ -15,7 +15,7 @@ import numpy as np
 
 
 def _chunk(run: str, x: np.ndarray) -> np.ndarray:
-    from edgestem.export.hls4ml import load_emulator
+    from edgestem.firmware.hls4ml import load_emulator
 
     return load_emulator(run)(x)
 
@@ -25,7 +25,7 @@ class Backend:
     exact = True
 
     def __init__(self, run: Path, workers: int | None = None) -> None:
-        from edgestem.export.hls4ml import load_emulator
+        from edgestem.firmware.hls4ml import load_emulator
 
         self.run = run
         self.single = load_emulator(run)  # fails here, with a one-line error, when there is no firmware

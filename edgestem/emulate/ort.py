@@ -19,9 +19,10 @@ class Backend:
 
     def __init__(self, run: Path) -> None:
         from edgestem.export.qcdq import QCDQ_FILE
-        from edgestem.export.qonnx import EXPORT_DIR, require
+        from edgestem.export.qonnx import require
+        from edgestem.rundir import export_dir
 
-        path = run / EXPORT_DIR / QCDQ_FILE
+        path = export_dir(run) / QCDQ_FILE
         if not path.is_file():
             raise EdgestemError(
                 f"{run}: no {path.relative_to(run)}; run edgestem export --run {run} --format qcdq first"

@@ -18,9 +18,10 @@ class Backend:
     exact = True
 
     def __init__(self, run: Path) -> None:
-        from edgestem.export.qonnx import EXPORT_DIR, ONNX_FILE, require
+        from edgestem.export.qonnx import ONNX_FILE, require
+        from edgestem.rundir import export_dir
 
-        path = run / EXPORT_DIR / ONNX_FILE
+        path = export_dir(run) / ONNX_FILE
         if not path.is_file():
             raise EdgestemError(f"{run}: no {path.relative_to(run)}; run edgestem export --run {run} first")
         modelwrapper = require("qonnx.core.modelwrapper")

@@ -19,14 +19,14 @@ class Backend:
 
     def __init__(self, run: Path) -> None:
         from edgestem.export import intnet
-        from edgestem.export.rtl import load_project
+        from edgestem.firmware.rtl import load_project
 
         self.out, metrics = load_project(run)
         self.net = intnet.load(metrics["export"]["onnx"])
         self.facts: dict[str, Any] = {}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        from edgestem.export.rtl import simulate_project
+        from edgestem.firmware.rtl import simulate_project
 
         y, self.facts = simulate_project(self.out, self.net, self.net.quantize_input(x), build=False)
         return self.net.to_float(y)

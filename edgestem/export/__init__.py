@@ -1,1 +1,1 @@
-"""Firmware: QONNX export, hls4ml and FINN projects, board presets, synthesis reports and budgets."""
+"""Export: the quantized encoder as files (QONNX, QCDQ) verified by execution, and its integer model."""

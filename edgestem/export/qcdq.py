@@ -138,3 +138,13 @@ def export_qcdq(
         "verification": {"indices": indices.tolist(), QCDQ_FILE: res},
         "seconds": {"export": round(export_s, 3), "verify": res["seconds"]},
     }
+
+
+def write_qcdq(job: Any) -> tuple[dict[str, Any], dict[str, Path], str]:
+    """Export format ``qcdq`` (an :class:`~edgestem.export.qonnx.ExportJob`): one graph for ONNX Runtime."""
+    path = job.out / QCDQ_FILE
+    return (
+        export_qcdq(job.q, job.x, job.ref, job.idx, path, tolerance_lsb=job.tolerance_lsb),
+        {"onnx": path},
+        QCDQ_REPORT,
+    )

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from edgestem.errors import DataError, EdgestemError, ToolMissingError
+from edgestem.rundir import EXPORT_DIR, PRUNE_DIR, QAT_DIR, checkpoint_path
 
 SOURCES = ("auto", "qat", "prune")
-EXPORT_DIR = "export"
 ONNX_FILE = "encoder.onnx"
 NCHW_FILE = "encoder_nchw.onnx"
 REPORT_FILE = "export.json"
@@ -63,7 +63,7 @@ class QuantizedRun:
             "stage": self.stage,
             "dir": os.path.relpath(self.path, run),
             "run": str(self.path),
-            "checkpoint": str(self.path / "checkpoint.pt"),
+            "checkpoint": str(checkpoint_path(self.path)),
             "sha256": self.sha256,
         }
 
@@ -90,9 +90,9 @@ def file_sha256(path: Path) -> str:
 
 def _quantized_stage(path: Path) -> str | None:
     """``qat``/``prune`` if ``path/checkpoint.pt`` holds a quantized model; None if it is float or missing."""
-    from edgestem.train import CHECKPOINT, load_checkpoint
+    from edgestem.rundir import load_checkpoint
 
-    if not (path / CHECKPOINT).is_file():
+    if not checkpoint_path(path).is_file():
         return None
     state = load_checkpoint(path)
     return str(state.get("stage", "qat")) if state.get("quant") else None
@@ -109,7 +109,7 @@ def find_source(run: str | Path, source: str = "auto") -> tuple[str, Path]:
         raise EdgestemError(f"--source {source!r}: choose {', '.join(SOURCES)}")
     if not run.is_dir():
         raise EdgestemError(f"{run}: no such run directory; train first (edgestem train --out {run})")
-    found = {name: run / name for name in ("prune", "qat") if _quantized_stage(run / name)}
+    found = {name: run / name for name in (PRUNE_DIR, QAT_DIR) if _quantized_stage(run / name)}
     own = _quantized_stage(run)
     if own in ("qat", "prune"):
         found.setdefault(own, run)
@@ -118,14 +118,14 @@ def find_source(run: str | Path, source: str = "auto") -> tuple[str, Path]:
         if name in found:
             return name, found[name]
     if source == "prune":
-        if (run / "prune" / "checkpoint.pt").is_file():
+        if checkpoint_path(run / PRUNE_DIR).is_file():
             raise EdgestemError(
                 f"{run}/prune holds a float model; firmware needs a quantized one: "
                 f"prune the QAT run (edgestem prune --run {run} --from qat) or use --source qat"
             )
-        raise EdgestemError(f"{run}: no pruned run ({run}/prune/checkpoint.pt); run edgestem prune first")
+        raise EdgestemError(f"{run}: no pruned run ({checkpoint_path(run / PRUNE_DIR)}); run edgestem prune first")
     raise EdgestemError(
-        f"{run}: no QAT checkpoint ({run}/qat/checkpoint.pt); run edgestem qat --run {run} first "
+        f"{run}: no QAT checkpoint ({checkpoint_path(run / QAT_DIR)}); run edgestem qat --run {run} first "
         "(firmware is made from the quantized encoder)"
     )
 
@@ -139,13 +139,13 @@ def load_quantized(run: str | Path, source: str = "auto") -> QuantizedRun:
 
 def load_checkpoint_dir(path: Path, stage: str) -> QuantizedRun:
     """A quantized run directory rebuilt as a Brevitas model (:class:`QuantizedRun`)."""
-    from edgestem.train import CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from edgestem.rundir import load_checkpoint, model_from_checkpoint
 
     state = load_checkpoint(path)
     if not state.get("quant"):
         raise EdgestemError(f"{path} holds a float model; run edgestem qat first")
     model, cfg = model_from_checkpoint(state)
-    return QuantizedRun(model.encoder.eval(), cfg, state, stage, Path(path), file_sha256(Path(path) / CHECKPOINT))
+    return QuantizedRun(model.encoder.eval(), cfg, state, stage, Path(path), file_sha256(checkpoint_path(path)))
 
 
 def sample_patterns(q: QuantizedRun, n: int, data: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +153,7 @@ def sample_patterns(q: QuantizedRun, n: int, data: str | Path | None = None) -> 
 
     Returns the model inputs ``(n, 1, H, W)`` float32 and their indices in the file.
     """
-    from edgestem.train import load_data
+    from edgestem.data.dataset import load_data
 
     if n < 1:
         raise EdgestemError(f"--patterns {n}: check at least 1 pattern")
@@ -510,6 +510,21 @@ def exported(run: str | Path, filename: str = ONNX_FILE) -> tuple[Path, dict[str
     return path, metrics, q
 
 
+@dataclass
+class ExportJob:
+    """What an export format's writer gets: the quantized model, sample patterns (model inputs), their
+    Brevitas outputs and indices in the data file, the folder to write to; it returns its metrics,
+    its output files and the name of its report."""
+
+    q: QuantizedRun
+    x: np.ndarray
+    ref: np.ndarray
+    idx: np.ndarray
+    out: Path
+    data_path: str
+    tolerance_lsb: int = 0
+
+
 def export_run(
     run: str | Path,
     *,
@@ -519,15 +534,18 @@ def export_run(
     data: str | Path | None = None,
     tolerance_lsb: int = 0,
 ) -> dict[str, Any]:
-    """``edgestem export``: write ``RUN/export/`` (QONNX, or QCDQ with ``fmt="qcdq"``); returns the report.
+    """``edgestem export``: write ``RUN/export/`` in one format of the registry; returns the report.
 
-    ``tolerance_lsb`` applies to QCDQ only (output LSBs ONNX Runtime may differ by); QONNX must be exact.
+    The format's writer (:data:`edgestem.registry.EXPORT_FORMATS`: ``qonnx``, ``qcdq``) gets an
+    :class:`ExportJob`, writes its files into ``RUN/export/`` and returns its metrics, its output
+    files and the name of its report. ``tolerance_lsb`` applies to
+    QCDQ only (output LSBs ONNX Runtime may differ by); QONNX must be exact.
     """
     from edgestem.atomic import write_json
+    from edgestem.registry import EXPORT_FORMATS
     from edgestem.runinfo import stage_report
 
-    if fmt not in ("qonnx", "qcdq"):
-        raise EdgestemError(f"--format {fmt!r}: choose qonnx or qcdq")
+    EXPORT_FORMATS.check(fmt, "--format")
     if patterns < 1:
         raise EdgestemError(f"--patterns {patterns}: check at least 1 pattern")
     t0 = time.perf_counter()
@@ -536,21 +554,23 @@ def export_run(
     ref = brevitas_outputs(q.encoder, x)
     out = Path(run) / EXPORT_DIR
     data_path = str(data if data is not None else q.state["data"]["path"])
-    if fmt == "qcdq":
-        from edgestem.export.qcdq import QCDQ_FILE, QCDQ_REPORT, export_qcdq
+    writer = EXPORT_FORMATS.get(fmt)
+    metrics, outputs, report_file = writer(ExportJob(q, x, ref, idx, out, data_path, tolerance_lsb))
+    report = stage_report(
+        "export",
+        inputs={"run": run, "source": q.provenance(run), "data": data_path},
+        outputs=outputs,
+        config=q.cfg,
+        metrics={"format": fmt, "source": q.provenance(run), **metrics},
+        started=t0,
+    )
+    write_json(out / report_file, report)
+    return report
 
-        metrics = export_qcdq(q, x, ref, idx, out / QCDQ_FILE, tolerance_lsb=tolerance_lsb)
-        report = stage_report(
-            "export",
-            inputs={"run": run, "source": q.provenance(run), "data": data_path},
-            outputs={"onnx": out / QCDQ_FILE},
-            config=q.cfg,
-            metrics={"format": "qcdq", "source": q.provenance(run), **metrics},
-            started=t0,
-        )
-        write_json(out / QCDQ_REPORT, report)
-        return report
 
+def write_qonnx(job: ExportJob) -> tuple[dict[str, Any], dict[str, Path], str]:
+    """Export format ``qonnx``: both graphs, verified exactly on ``job.x`` (``tolerance_lsb`` does not apply)."""
+    q, x, ref, idx, out = job.q, job.x, job.ref, job.idx, job.out
     size = q.cfg.preprocess.size
     t = time.perf_counter()
     nchw, nhwc = export_graphs(q.encoder, size)
@@ -566,8 +586,6 @@ def export_run(
     save_model(nchw, out / NCHW_FILE)
     save_model(nhwc, out / ONNX_FILE)
     metrics = {
-        "format": "qonnx",
-        "source": q.provenance(run),
         "files": {
             ONNX_FILE: "channels-last (NHWC) QONNX: input of hls4ml (edgestem firmware --backend hls4ml)",
             NCHW_FILE: "NCHW QONNX before the channels-last step: input of FINN",
@@ -576,26 +594,18 @@ def export_run(
         "tensors": quant_tensors(nhwc),
         "power_of_two": True,
         "cost": cost,
-        "verification": {"data": data_path, "indices": idx.tolist(), **verification},
+        "verification": {"data": job.data_path, "indices": idx.tolist(), **verification},
         "seconds": {
             "export": round(export_s, 3),
             "verify": round(sum(v["seconds"] for v in verification.values()), 3),
             "cost": round(cost_s, 3),
         },
     }
-    report = stage_report(
-        "export",
-        inputs={"run": run, "source": q.provenance(run), "data": data_path},
-        outputs={"onnx": out / ONNX_FILE, "onnx_nchw": out / NCHW_FILE},
-        config=q.cfg,
-        metrics=metrics,
-        started=t0,
-    )
-    write_json(out / REPORT_FILE, report)
-    return report
+    return metrics, {"onnx": out / ONNX_FILE, "onnx_nchw": out / NCHW_FILE}, REPORT_FILE
 
 
 __all__ = [
+    "ExportJob",
     "QuantizedRun",
     "check_power_of_two",
     "compare",
@@ -610,4 +620,5 @@ __all__ = [
     "sample_patterns",
     "verify",
     "verify_file",
+    "write_qonnx",
 ]

@@ -1,4 +1,4 @@
-"""The cycle-consistent spatial-transforming autoencoder around the encoder (SCIENCE.md section 2).
+"""The cycle-consistent spatial-transforming autoencoder around the encoder (docs/science.md, "The model").
 
 Host side only: the bounded parameter head, the dictionary of canonical patterns, the spatial
 transformer (``affine_grid`` + ``grid_sample``, never on the FPGA) and the cycle-consistent loss.
@@ -258,13 +258,18 @@ def target_params(A: np.ndarray) -> np.ndarray:
     return np.stack([p[k] for k in PARAMS], axis=1)
 
 
+def regression_scale(unit: float) -> np.ndarray:
+    """Scale of each head parameter's residual in the regression: ``unit`` for sx, sy, sh (a fraction)
+    and the same angle for rot (``unit`` radians, in degrees), so every component is weighed in the
+    same physical unit (1e-3: 0.1 % strain, 0.057 deg)."""
+    return np.array([unit, unit, unit, np.rad2deg(unit)])
+
+
 def param_regression(
     head: ParameterHead, raw: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
     """Weighted mean squared error of the head parameters against targets (N, 4), each parameter
-    divided by its ``scale`` (e.g. the targets' spread over the scan), so strain, shear and rotation
-    count alike however different their ranges are (a polycrystal's rotations span degrees, its
-    strains fractions of a percent)."""
+    divided by its ``scale`` (:func:`regression_scale`)."""
     p = head.params(raw)
     pred = torch.stack([p[k] for k in PARAMS], dim=1)
     err = ((pred - target) / scale).pow(2).mean(dim=1)

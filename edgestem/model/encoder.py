@@ -8,51 +8,13 @@ Flatten, Linear.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import nn
 
 from edgestem.config import EncoderConfig
+from edgestem.model.layers import FloatLayers, LayerFactory
 
 N_OUTPUTS = 4  # raw outputs (o_sx, o_sy, o_sh, o_rot) for the host-side parameter head
-
-
-class LayerFactory(Protocol):
-    """Makes the layers of the encoder; a quantized factory returns drop-in quantized layers."""
-
-    def input(self) -> nn.Module: ...
-    def output(self) -> nn.Module: ...
-    def conv(self, name: str, c_in: int, c_out: int, kernel: int) -> nn.Module: ...
-    def batchnorm(self, name: str, channels: int) -> nn.Module: ...
-    def relu(self, name: str) -> nn.Module: ...
-    def pool(self, name: str) -> nn.Module: ...
-    def linear(self, name: str, n_in: int, n_out: int, last: bool) -> nn.Module: ...
-
-
-class FloatLayers:
-    """Plain float PyTorch layers."""
-
-    def input(self) -> nn.Module:
-        return nn.Identity()
-
-    def output(self) -> nn.Module:
-        return nn.Identity()
-
-    def conv(self, name: str, c_in: int, c_out: int, kernel: int) -> nn.Module:
-        return nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=True)
-
-    def batchnorm(self, name: str, channels: int) -> nn.Module:
-        return nn.BatchNorm2d(channels)
-
-    def relu(self, name: str) -> nn.Module:
-        return nn.ReLU()
-
-    def pool(self, name: str) -> nn.Module:
-        return nn.MaxPool2d(2)
-
-    def linear(self, name: str, n_in: int, n_out: int, last: bool) -> nn.Module:
-        return nn.Linear(n_in, n_out)
 
 
 def build_encoder(cfg: EncoderConfig, size: int, layers: LayerFactory | None = None) -> nn.Sequential:

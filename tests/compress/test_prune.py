@@ -26,7 +26,7 @@ from edgestem.compress.prune import (
 )
 from edgestem.config import load_config
 from edgestem.errors import ConfigError, EdgestemError
-from edgestem.train import load_checkpoint, model_from_checkpoint
+from edgestem.rundir import load_checkpoint, model_from_checkpoint
 
 
 def prune_cfg(**prune):
@@ -120,7 +120,7 @@ def test_unstructured_fine_tuning_keeps_zeros_through_steps_and_resume(tmp_path,
 
 @pytest.mark.parametrize("source", ["float_run", "qat_run"])
 def test_shrunk_model_equals_the_masked_one(source, request):
-    from edgestem.compress.prune import layer_factory
+    from edgestem.rundir import layer_factory
 
     run = request.getfixturevalue(source)
     state = load_checkpoint(run / "qat" if source == "qat_run" else run)

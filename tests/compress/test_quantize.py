@@ -10,8 +10,6 @@ import torch
 from torch import nn
 
 from edgestem.compress.quantize import (
-    BrevitasLayers,
-    QuantSpec,
     calibrate,
     fold_batchnorm,
     folded_config,
@@ -21,7 +19,9 @@ from edgestem.compress.quantize import (
 from edgestem.config import EncoderConfig, load_config
 from edgestem.errors import ConfigError, EdgestemError
 from edgestem.model.encoder import build_encoder
-from edgestem.train import load_checkpoint, model_from_checkpoint, train
+from edgestem.model.layers import BrevitasLayers, QuantSpec
+from edgestem.rundir import load_checkpoint, model_from_checkpoint
+from edgestem.train import train
 
 brevitas_nn = pytest.importorskip("brevitas.nn")
 

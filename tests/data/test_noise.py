@@ -20,7 +20,7 @@ from edgestem.data.noise import (
     noise_rng,
 )
 from edgestem.data.simulate import render_patterns
-from edgestem.errors import DataError
+from edgestem.errors import ConfigError, DataError
 
 Q = 32
 
@@ -183,3 +183,32 @@ def test_add_noise_refuses_same_path(tmp_path: Path) -> None:
     src, _, _ = _source(tmp_path)
     with pytest.raises(DataError, match="different path"):
         add_noise_to_file(src, tmp_path / "." / "src.h5", NoiseConfig(model="dose"), seed=0)
+
+
+def test_one_noise_model_per_level() -> None:
+    from edgestem.data.noise import noise_at
+
+    assert noise_at("w", 0.25) == NoiseConfig(model="background", w=0.25)
+    assert noise_at("background", 0.25) == noise_at("w", 0.25)
+    assert noise_at("w", 0.0) == NoiseConfig(model="none")  # an evaluation table's clean column
+    assert noise_at("background", 0.0, 1e4) == NoiseConfig(model="background", w=0.0, counts_per_probe=1e4)
+    assert noise_at("dose", 1e3) == NoiseConfig(model="dose", dose=1e3)
+    with pytest.raises(ConfigError, match="noise axis 'snr'"):
+        noise_at("snr", 1.0)
+
+
+def test_levels_typed_on_the_command_line() -> None:
+    from edgestem.data.noise import parse_levels
+
+    assert parse_levels(None, None) is None
+    levels = parse_levels("0, 0.25", None)
+    assert [label for label, _ in levels] == ["w=0", "w=0.25"] and levels[0][1].model == "none"
+    assert [n.dose for _, n in parse_levels(None, "1e4,1e3")] == [1e4, 1e3]
+    for w, d, message in [
+        ("0.1", "1e3", "not both"),
+        ("a,b", None, "numbers separated by commas"),
+        ("1.5", None, r"w must lie in \[0, 1\)"),
+        (None, "0", "doses must be > 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_levels(w, d)

@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from edgestem.data.dataset import load_data
+from edgestem.data.noise import noise_at
 from edgestem.emulate import (
-    BACKENDS,
     EmulationMismatch,
     check_against_reference,
     emulate,
@@ -17,8 +18,8 @@ from edgestem.emulate import (
     quantized_dir,
 )
 from edgestem.errors import EdgestemError
-from edgestem.evaluate import noise_level
-from edgestem.train import load_data, load_run_config
+from edgestem.registry import EMULATORS
+from edgestem.rundir import load_run_config
 
 
 def _x(run, tiny_h5, n=16):
@@ -26,8 +27,8 @@ def _x(run, tiny_h5, n=16):
 
 
 def test_registry_lists_every_backend_and_rejects_unknown(tiny_qat_run):
-    assert {"torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn", "verilator"} <= set(BACKENDS)
-    with pytest.raises(EdgestemError, match="unknown backend 'verilog'"):
+    assert {"torch", "brevitas", "qonnx", "onnxruntime", "hls4ml", "finn", "verilator"} <= set(EMULATORS.names())
+    with pytest.raises(EdgestemError, match="unknown emulation backend 'verilog': choose one of torch, brevitas"):
         get_backend("verilog", tiny_qat_run)
 
 
@@ -61,13 +62,13 @@ def test_check_names_the_first_mismatch_of_an_exact_backend(tiny_qat_run, tiny_h
 
 def test_emulate_writes_maps_and_metrics_like_strain(tiny_qat_run, tiny_h5, tmp_path):
     out = tmp_path / "b.h5"
-    res = emulate(tiny_qat_run, "brevitas", tiny_h5, out, noise=noise_level(0.25, "w"), check=True)
+    res = emulate(tiny_qat_run, "brevitas", tiny_h5, out, noise=noise_at("w", 0.25), check=True)
     assert res["check"]["mismatching_patterns"] == 0 and res["patterns"] == 64
     assert set(res["mae"]["brevitas"]) == {"exx", "eyy", "exy", "theta"}
     saved = json.loads((tmp_path / "b.h5.json").read_text())
     assert saved["stage"] == "emulate" and saved["metrics"]["noise"]["w"] == 0.25
     # The same noise draw every time: the same numbers.
-    again = emulate(tiny_qat_run, "brevitas", tiny_h5, tmp_path / "c.h5", noise=noise_level(0.25, "w"))
+    again = emulate(tiny_qat_run, "brevitas", tiny_h5, tmp_path / "c.h5", noise=noise_at("w", 0.25))
     assert again["mae"] == res["mae"]
 
 
@@ -99,7 +100,7 @@ def test_tiny_model_to_bit_exact_firmware_emulation(tiny_qat_run, tiny_h5, tmp_p
     import shutil
 
     from edgestem.export.qonnx import export_run
-    from edgestem.export.registry import build_firmware
+    from edgestem.firmware.registry import build_firmware
 
     run = tmp_path / "run"
     shutil.copytree(tiny_qat_run, run)
@@ -131,5 +132,5 @@ def test_tiny_model_to_bit_exact_firmware_emulation(tiny_qat_run, tiny_h5, tmp_p
         saved = json.loads((tmp_path / f"{backend}.h5.json").read_text())["metrics"]
         assert saved["check"]["patterns"] == 64 and saved["check"]["mismatching_patterns"] == 0, backend
     # The firmware's maps are the Brevitas model's maps: same outputs, same strain.
-    ref = emulate(run, "brevitas", tiny_h5, tmp_path / "b.h5", noise=noise_level(0.25, "w"))
+    ref = emulate(run, "brevitas", tiny_h5, tmp_path / "b.h5", noise=noise_at("w", 0.25))
     assert json.loads((tmp_path / "hls4ml.h5.json").read_text())["metrics"]["mae"]["hls4ml"] == ref["mae"]["brevitas"]

@@ -8,10 +8,11 @@ import pytest
 
 pytest.importorskip("qonnx")
 
+from edgestem.data.dataset import load_data  # noqa: E402
 from edgestem.emulate import check_against_reference, emulate, get_backend  # noqa: E402
 from edgestem.errors import EdgestemError, ToolMissingError  # noqa: E402
-from edgestem.export import finn as finn_build  # noqa: E402
-from edgestem.train import load_data, load_run_config  # noqa: E402
+from edgestem.firmware import finn as finn_build  # noqa: E402
+from edgestem.rundir import load_run_config  # noqa: E402
 
 HAVE_FINN = (finn_build.finn_venv() / "bin" / "python").is_file()
 needs_finn = pytest.mark.skipif(

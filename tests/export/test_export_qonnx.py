@@ -162,7 +162,7 @@ def test_no_qat_checkpoint(tmp_path, tiny_qat_run):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--format", "onnx"], "--format 'onnx'"),
+        (["--format", "onnx"], "--format: unknown export format 'onnx': choose one of qonnx, qcdq"),
         (["--patterns", "0"], "--patterns 0"),
     ],
 )

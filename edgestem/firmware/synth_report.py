@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from edgestem.errors import ConfigError, DataError
-from edgestem.export import reports
-from edgestem.export.boards import Board, board_for_part, load_board
+from edgestem.firmware import reports
+from edgestem.rundir import firmware_dir
+from edgestem.targets.boards import Board, board_for_part, load_board
 
 STAGES = ("impl", "synth")
 
@@ -38,7 +39,7 @@ def _find_csynth(run: Path) -> Path | None:
     copied = run / "hw" / "hls4ml" / "csynth.xml"
     if copied.is_file():
         return copied
-    hls_dir = run / "firmware" / "hls4ml"
+    hls_dir = firmware_dir(run, "hls4ml")
     name = hls4ml_project_name(hls_dir)
     if name is None:
         return None
@@ -96,18 +97,18 @@ def collect(run: Path) -> dict[str, Any]:
     if csynth is not None:
         hls["csynth"] = reports.parse_csynth_xml(csynth)
     viv = _vivado(run / "hw" / "hls4ml")
-    own = run / "firmware" / "hls4ml" / "vivado_synth.rpt"
+    own = firmware_dir(run, "hls4ml") / "vivado_synth.rpt"
     if viv is None and own.is_file():
         viv = {"stage": "synth", "utilization": reports.parse_utilization(own), "timing": None}
     if viv is not None:
         hls["vivado"] = viv
     if hls:
-        rf = reuse_factors(run / "firmware" / "hls4ml")
+        rf = reuse_factors(firmware_dir(run, "hls4ml"))
         if rf is not None:
             hls["reuse_factor"] = rf
         found["hls4ml"] = hls
     finn: dict[str, Any] = {}
-    report_dir = run / "firmware" / "finn" / "report"
+    report_dir = firmware_dir(run, "finn") / "report"
     if (report_dir / "estimate_network_performance.json").is_file():
         finn["estimate"] = reports.parse_finn_estimates(report_dir)
     if (report_dir / "ooc_synth_and_timing.json").is_file():
@@ -132,7 +133,7 @@ def _rtl(run: Path) -> dict[str, Any] | None:
     """yosys counts of the generated RTL and its latency (firmware.json), if ``--yosys`` ran."""
     import json
 
-    out = run / "firmware" / "rtl"
+    out = firmware_dir(run, "rtl")
     stat = out / "yosys" / "yosys.json"
     if not stat.is_file():
         return None
@@ -321,15 +322,15 @@ def synth_report(
 ) -> dict[str, Any]:
     """Collect, summarise and write ``json_out`` (default ``RUN/synth-report.json``); returns the report.
 
-    ``yosys``: first synthesise the generated RTL (``RUN/firmware/rtl``) with yosys (:mod:`edgestem.export.yosys`).
+    ``yosys``: first synthesise the generated RTL (``RUN/firmware/rtl``) with yosys (:mod:`edgestem.firmware.yosys`).
     """
     from edgestem.atomic import write_json
     from edgestem.runinfo import versions
 
     run = Path(run)
     if yosys:
-        from edgestem.export.rtl import load_project
-        from edgestem.export.yosys import synthesize
+        from edgestem.firmware.rtl import load_project
+        from edgestem.firmware.yosys import synthesize
 
         rtl_dir, rtl_metrics = load_project(run)
         synthesize(rtl_dir, part=board_part(board) or rtl_metrics.get("part"))

@@ -19,11 +19,11 @@ import pytest
 pytest.importorskip("qonnx")
 
 from edgestem.errors import ConfigError, EdgestemError, ToolMissingError  # noqa: E402
-from edgestem.export import finn as backend  # noqa: E402
-from edgestem.export import finn_driver as driver  # noqa: E402
-from edgestem.export.boards import load_board  # noqa: E402
-from edgestem.export.registry import get, names  # noqa: E402
-from edgestem.export.reports import parse_finn_estimates  # noqa: E402
+from edgestem.firmware import finn as backend  # noqa: E402
+from edgestem.firmware import finn_driver as driver  # noqa: E402
+from edgestem.firmware.registry import get, names  # noqa: E402
+from edgestem.firmware.reports import parse_finn_estimates  # noqa: E402
+from edgestem.targets.boards import load_board  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"
 HAVE_FINN = (backend.finn_venv() / "bin" / "python").is_file()
@@ -35,7 +35,7 @@ needs_finn = pytest.mark.skipif(
 def test_registry_and_the_driver_stays_out_of_the_host():
     assert "finn" in names() and "finn_driver" not in names() and get("finn") is backend.build
     # Importing the driver (the registry does) must not import FINN or QONNX into edgestem's process.
-    code = "import sys, edgestem.export.finn_driver; print('finn' in sys.modules, 'qonnx' in sys.modules)"
+    code = "import sys, edgestem.firmware.finn_driver; print('finn' in sys.modules, 'qonnx' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["False", "False"]
 
@@ -363,7 +363,7 @@ def test_build_writes_reports_code_and_firmware_json(built):
     c = m["bit_exact"]
     assert c["exact"] and c["exact_expected"] and c["patterns"] == 24, c
     # synth-report and budget find FINN's reports where they look.
-    from edgestem.export.synth_report import collect
+    from edgestem.firmware.synth_report import collect
 
     assert collect(run)["finn"]["estimate"]["max_cycles"] == e["max_cycles"]
     print(f"tiny FINN build + 24-pattern check: {seconds:.1f} s (build {m['seconds']['build']:.1f} s)")

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from edgestem.cli import app
 from edgestem.errors import ConfigError, DataError
-from edgestem.export.boards import load_board
-from edgestem.export.budget import budget, copies_that_fit, finn_folding, hls4ml_reuse, verdict
+from edgestem.targets.boards import load_board
+from edgestem.targets.budget import budget
+from edgestem.targets.throughput import copies_that_fit, finn_folding, hls4ml_reuse, verdict
 
 runner = CliRunner()
 

@@ -14,10 +14,11 @@ from typer.testing import CliRunner  # noqa: E402
 
 from edgestem.cli import app  # noqa: E402
 from edgestem.errors import ToolMissingError  # noqa: E402
-from edgestem.export import intnet, rtlsim, verilog, yosys  # noqa: E402
+from edgestem.export import intnet  # noqa: E402
 from edgestem.export.qonnx import NCHW_FILE, brevitas_outputs, export_run, load_quantized, sample_patterns  # noqa: E402
-from edgestem.export.registry import build_firmware, names  # noqa: E402
-from edgestem.export.synth_report import collect, summarize  # noqa: E402
+from edgestem.firmware import rtlsim, verilog, yosys  # noqa: E402
+from edgestem.firmware.registry import build_firmware, names  # noqa: E402
+from edgestem.firmware.synth_report import collect, summarize  # noqa: E402
 
 
 def _have_verilator() -> bool:
@@ -130,7 +131,7 @@ def test_firmware_rtl_simulates_bit_exact_in_verilator(exported, net):
 @needs_verilator
 def test_simulation_catches_half_up_rounding(exported, net, tmp_path):
     """A requantizer that rounds ties up instead of to even is caught by the comparison (ties do occur)."""
-    from edgestem.export.rtl import simulate_project, write_project
+    from edgestem.firmware.rtl import simulate_project, write_project
 
     write_project(net, tmp_path)
     text = (tmp_path / "encoder.v").read_text()
@@ -188,7 +189,7 @@ def test_synth_report_yosys_without_rtl_says_what_to_run(run_factory):
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_yosys(), reason="yosys: pip install -e '.[rtl]' or apt-get install yosys")
 def test_yosys_synthesises_the_tiny_encoder(net, tmp_path):
-    from edgestem.export.rtl import write_project
+    from edgestem.firmware.rtl import write_project
 
     write_project(net, tmp_path)
     r = yosys.synthesize(tmp_path, part="xczu7ev-ffvc1156-2-e")

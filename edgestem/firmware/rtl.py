@@ -2,8 +2,8 @@
 
 Our own generator from the exported QONNX graph (``RUN/export/encoder_nchw.onnx``), not da4ml or
 hls4ml's ``distributed_arithmetic`` strategy: da4ml's optimiser ran over 30 minutes on one
-1024 -> 6 dense layer (TOOLCHAIN.md), so a fully unrolled design of the 3.3 M-MAC encoder is out
-of reach, while a layer-sequential datapath with one MAC per layer (``edgestem.export.verilog``)
+1024 -> 6 dense layer (docs/toolchain.md), so a fully unrolled design of the 3.3 M-MAC encoder is out
+of reach, while a layer-sequential datapath with one MAC per layer (``edgestem.firmware.verilog``)
 is generated in a second, simulates the whole encoder in Verilator and synthesises with yosys.
 It is the small and slow end of the design space (about one cycle per MAC), next to FINN's
 dataflow and hls4ml's streaming designs.
@@ -27,7 +27,8 @@ import numpy as np
 
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, register, write_firmware_report
+from edgestem.firmware.registry import REPORT_FILE, FirmwareMismatch, FirmwareRequest, write_firmware_report
+from edgestem.rundir import firmware_dir
 
 BACKEND = "rtl"
 DESIGN = "encoder.v"
@@ -39,7 +40,7 @@ NET_FILE = "intnet.json"
 def write_project(net: Any, out: Path) -> dict[str, str]:
     """Write the Verilog, testbench, Verilator driver and layer summary of ``net`` into ``out``."""
     from edgestem.atomic import write_json, write_text
-    from edgestem.export import verilog
+    from edgestem.firmware import verilog
 
     files = {
         DESIGN: verilog.encoder_verilog(net),
@@ -54,7 +55,7 @@ def write_project(net: Any, out: Path) -> dict[str, str]:
 
 def simulate_project(out: Path, net: Any, xq: np.ndarray, build: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
     """Build (unless built and ``build`` is False) and run the testbench in ``out`` on input integers ``xq``."""
-    from edgestem.export import rtlsim, verilog
+    from edgestem.firmware import rtlsim, verilog
 
     binary = out / rtlsim.SIM_DIR / f"V{verilog.TB}"
     facts: dict[str, Any] = {}
@@ -74,10 +75,10 @@ def simulate_project(out: Path, net: Any, xq: np.ndarray, build: bool = True) ->
     return y, facts
 
 
-@register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """Generate the RTL of a run, check it against Brevitas (integer model; Verilator when installed)."""
-    from edgestem.export import intnet, rtlsim, verilog
+    from edgestem.export import intnet
+    from edgestem.firmware import rtlsim, verilog
 
     t0 = time.perf_counter()
     run = Path(req.run)
@@ -127,7 +128,7 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
         seconds.update({"verilator_build": sim["build"]["seconds"], "simulate": sim["seconds"]})
     metrics = {
         "backend": BACKEND,
-        "generator": "edgestem.export.verilog (layer-sequential, one MAC unit per layer)",
+        "generator": "edgestem.firmware.verilog (layer-sequential, one MAC unit per layer)",
         "board": req.board.name,
         "part": req.board.part,
         "clock_ns": req.clock_ns,
@@ -154,7 +155,7 @@ def build(req: FirmwareRequest) -> dict[str, Any]:
 
 def load_project(run: str | Path) -> tuple[Path, dict[str, Any]]:
     """``RUN/firmware/rtl`` and its firmware.json metrics; a one-line error when it was not built."""
-    out = Path(run) / "firmware" / BACKEND
+    out = firmware_dir(run, BACKEND)
     report = out / REPORT_FILE
     if not report.is_file():
         raise EdgestemError(f"{run}: no RTL firmware ({report}); run edgestem firmware --backend rtl --run {run}")

@@ -1,7 +1,7 @@
 """FPGA board presets (part, default clock, resources): ``--board`` takes a preset, a YAML file or a part.
 
 Presets are YAML files in ``edgestem/presets/boards/`` (``configs/boards/`` in a checkout links there).
-Run as ``python -m edgestem.export.boards BOARD [--write FILE]`` it prints ``part clock_ns`` for the
+Run as ``python -m edgestem.targets.boards BOARD [--write FILE]`` it prints ``part clock_ns`` for the
 shell scripts in ``scripts/`` and ``hw/``.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgestem.errors import ConfigError
-from edgestem.export.presets import PRESETS, load_yaml, validation_message
+from edgestem.targets.presets import PRESETS, load_yaml, validation_message
 
 BOARDS = PRESETS / "boards"
 # AMD/Xilinx part numbers: xc (commercial), xa (automotive) or xq (defence), then family, package, grade.
@@ -106,12 +106,12 @@ def board_for_part(part: str | None) -> Board | None:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m edgestem.export.boards BOARD [--clock-ns NS] [--write FILE]`` for the shell scripts."""
+    """``python -m edgestem.targets.boards BOARD [--clock-ns NS] [--write FILE]`` for the shell scripts."""
     import argparse
 
     from edgestem.atomic import write_json
 
-    ap = argparse.ArgumentParser(prog="python -m edgestem.export.boards", description=_main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m edgestem.targets.boards", description=_main.__doc__)
     ap.add_argument("board")
     ap.add_argument("--clock-ns", default=None, help="Override the board's default clock.")
     ap.add_argument("--write", type=Path, default=None, help="Also write the board as JSON (only if it changed).")

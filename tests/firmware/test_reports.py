@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgestem.errors import DataError
-from edgestem.export import reports
+from edgestem.firmware import reports
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgestem.errors import ConfigError
-from edgestem.export.detectors import load_detectors, parse_rate, resolve_detector
+from edgestem.targets.detectors import load_detectors, parse_rate, resolve_detector
 
 
 def test_table_has_the_fast_detectors_with_sources():

@@ -35,14 +35,14 @@ import numpy as np
 
 from edgestem.errors import EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import (
+from edgestem.firmware.registry import (
     REPORT_FILE,
     FirmwareMismatch,
     FirmwareRequest,
     clear_project,
-    register,
     write_firmware_report,
 )
+from edgestem.rundir import firmware_dir
 
 BACKEND = "hls4ml"
 PROJECT = "encoder"  # hls4ml project name = HLS top function
@@ -51,7 +51,7 @@ LOG_FILE = "hls4ml.log"
 # hls4ml's default type, used only where a precision cannot be inferred from the quantizers.
 DEFAULT_PRECISION = "fixed<16,6>"
 # io_parallel partitions every feature map into registers: beyond this many values in the first
-# conv's output it is not a realistic design, and its C++ takes minutes to compile (TOOLCHAIN.md:
+# conv's output it is not a realistic design, and its C++ takes minutes to compile (docs/toolchain.md:
 # 64 x 64 input, about 200 s at -O3).
 MAX_PARALLEL_VALUES = 4096
 
@@ -162,7 +162,6 @@ def _quiet(fn: Callable[[], Any], log: list[str]) -> Any:
         log.append(buf.getvalue())
 
 
-@register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """Write, compile and check the hls4ml project of a run; returns the ``firmware.json`` report."""
     from edgestem.atomic import write_text
@@ -280,7 +279,7 @@ def load_emulator(run: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     library reads its weights from the project's ``firmware/weights/`` by absolute path, so the
     project must stay where it was built.
     """
-    out = Path(run) / "firmware" / BACKEND
+    out = firmware_dir(run, BACKEND)
     report = out / REPORT_FILE
     if not report.is_file():
         raise EdgestemError(f"{run}: no hls4ml firmware ({report}); run edgestem firmware --backend hls4ml --run {run}")

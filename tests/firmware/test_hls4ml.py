@@ -12,9 +12,9 @@ pytest.importorskip("hls4ml")
 pytest.importorskip("qonnx")
 
 from edgestem.errors import ConfigError, EdgestemError, ToolMissingError  # noqa: E402
-from edgestem.export import hls4ml as backend  # noqa: E402
 from edgestem.export.qonnx import brevitas_outputs, export_run, load_quantized, sample_patterns  # noqa: E402
-from edgestem.export.registry import FirmwareRequest, build_firmware, get, names  # noqa: E402
+from edgestem.firmware import hls4ml as backend  # noqa: E402
+from edgestem.firmware.registry import FirmwareRequest, build_firmware, get, names  # noqa: E402
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to compile the hls4ml emulation")
 
@@ -69,7 +69,7 @@ def test_input_precision_rounds_once():
 
 
 def _request(run, **kw):
-    from edgestem.export.boards import load_board
+    from edgestem.targets.boards import load_board
 
     board = load_board("zcu104")
     return FirmwareRequest(run=run, board=board, clock_ns=board.clock_ns, patterns=2, **kw)
@@ -77,7 +77,7 @@ def _request(run, **kw):
 
 def test_registry():
     assert "hls4ml" in names() and get("hls4ml") is backend.build
-    with pytest.raises(ConfigError, match="no such firmware backend; choose .*hls4ml"):
+    with pytest.raises(ConfigError, match="unknown firmware backend 'verilog': choose one of hls4ml"):
         get("verilog")
     with pytest.raises(ConfigError, match="--io 'axi'"):
         _request("run", io="axi")

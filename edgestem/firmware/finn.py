@@ -2,7 +2,7 @@
 
 FINN (finn-plus 1.6.1) lives in its own environment, ``.venv-finn`` (``scripts/setup-finn.sh``;
 docs/firmware.md says why it cannot share edgestem's). This module only prepares and calls it: it
-writes a JSON build config and runs :mod:`edgestem.export.finn_driver` with that environment's
+writes a JSON build config and runs :mod:`edgestem.firmware.finn_driver` with that environment's
 Python on ``RUN/export/encoder_nchw.onnx`` (FINN lowers NCHW convolutions itself), then reads
 FINN's reports. ``RUN/firmware/finn/`` then holds:
 
@@ -42,11 +42,10 @@ import numpy as np
 
 from edgestem.errors import ConfigError, EdgestemError, ToolMissingError
 from edgestem.export import qonnx as qx
-from edgestem.export.registry import (
+from edgestem.firmware.registry import (
     FirmwareMismatch,
     FirmwareRequest,
     clear_project,
-    register,
     write_firmware_report,
 )
 
@@ -158,7 +157,7 @@ def _failure(out: Path, log: Path) -> str:
 
 def default_target_fps() -> float:
     """The frame rate firmware is folded for by default: the 4D Camera's (detector table)."""
-    from edgestem.export.detectors import load_detectors
+    from edgestem.targets.detectors import load_detectors
 
     return load_detectors()[DEFAULT_DETECTOR].frame_rate_hz
 
@@ -168,7 +167,7 @@ def resolve_target_fps(target: float | str | None) -> float:
     if target is None:
         return default_target_fps()
     if isinstance(target, str):
-        from edgestem.export.detectors import resolve_detector
+        from edgestem.targets.detectors import resolve_detector
 
         target = resolve_detector(target).frame_rate_hz
     if not target > 0:
@@ -225,10 +224,10 @@ def summarize(
 ) -> dict[str, Any]:
     """Estimate summary, folding per layer and the target analysis from FINN's reports and the driver's.
 
-    ``estimates`` is :func:`edgestem.export.reports.parse_finn_estimates` of ``report/``; ``build``
+    ``estimates`` is :func:`edgestem.firmware.reports.parse_finn_estimates` of ``report/``; ``build``
     is the driver's ``edgestem_build.json``.
     """
-    from edgestem.export.budget import finn_folding, verdict
+    from edgestem.targets.throughput import finn_folding, verdict
 
     res = {k: v for k, v in estimates["resources"].items() if v is not None}
     fps = estimates["estimated_throughput_fps"]
@@ -324,7 +323,6 @@ def execute(build_dir: Path, x: np.ndarray) -> np.ndarray:
         return np.load(outp).astype(np.float64)
 
 
-@register(BACKEND)
 def build(req: FirmwareRequest) -> dict[str, Any]:
     """FINN build of a run: estimates and generated code (Vivado steps if available); returns ``firmware.json``."""
     return build_request(req, target_fps=req.target_fps)
@@ -341,7 +339,7 @@ def build_finn(
     tie_rounding: str = "half_even",
 ) -> dict[str, Any]:
     """Python entry with FINN's own options (the target frame rate, the tie rounding); see :func:`build_request`."""
-    from edgestem.export.boards import load_board
+    from edgestem.targets.boards import load_board
 
     target = load_board(board) if isinstance(board, str) else board
     req = FirmwareRequest(
@@ -359,7 +357,7 @@ def build_request(
 ) -> dict[str, Any]:
     """Run the FINN build of ``req.run`` into ``RUN/firmware/finn/``, check its execution, write ``firmware.json``."""
     from edgestem.atomic import write_json
-    from edgestem.export.reports import parse_finn_estimates
+    from edgestem.firmware.reports import parse_finn_estimates
 
     t0 = time.perf_counter()
     fps = resolve_target_fps(target_fps)
@@ -462,10 +460,10 @@ def format_summary(metrics: dict[str, Any], check: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m edgestem.export.finn RUN [--board B] [--target-fps F]``: the build from the shell."""
+    """``python -m edgestem.firmware.finn RUN [--board B] [--target-fps F]``: the build from the shell."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m edgestem.export.finn", description=build_finn.__doc__)
+    p = argparse.ArgumentParser(prog="python -m edgestem.firmware.finn", description=build_finn.__doc__)
     p.add_argument("run", type=Path)
     p.add_argument("--board", default="zcu104")
     p.add_argument("--clock-ns", type=float)
@@ -476,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target: float | str | None = a.target_fps
         if target is not None:
-            from edgestem.export.detectors import parse_rate
+            from edgestem.targets.detectors import parse_rate
 
             target = parse_rate(target) or target
         m = build_finn(

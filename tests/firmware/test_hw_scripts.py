@@ -1,6 +1,6 @@
 """scripts/synth.sh + hw/Makefile + hw/*.tcl, run end to end with stand-ins for vitis-run and vivado.
 
-The stand-ins (tests/export/fake_vendor.tcl under tclsh) log every vendor command and write fixture
+The stand-ins (tests/firmware/fake_vendor.tcl under tclsh) log every vendor command and write fixture
 reports, so these tests check what the flow asks of the tools (part, clock, top, order of steps,
 which files it adds) and that make re-runs only what changed. They cannot check the tools themselves.
 """

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgestem.errors import ConfigError
-from edgestem.export.presets import PRESETS, load_yaml, validation_message
+from edgestem.targets.presets import PRESETS, load_yaml, validation_message
 
 DETECTORS = PRESETS / "detectors.yaml"
 _RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmg]?)(?:hz)?\s*$", re.IGNORECASE)

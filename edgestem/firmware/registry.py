@@ -1,25 +1,23 @@
 """Firmware backends by name (``edgestem firmware --backend NAME``): one module per backend.
 
-A backend is the module ``edgestem.export.<name>`` with a build function decorated by
-``@register("<name>")``; it is imported only when asked for, so ``edgestem --help`` and the
-other backends never load its toolchain. Adding FINN or an RTL flow is adding one such file.
-A build function takes a :class:`FirmwareRequest`, writes ``RUN/firmware/<name>/`` with a
-``firmware.json`` written last (a project without it is incomplete), and returns that report.
+A backend is a module with a build function, named in :data:`edgestem.registry.FIRMWARE`
+(``"hls4ml": "edgestem.firmware.hls4ml:build"``); it is imported only when asked for, so
+``edgestem --help`` and the other backends never load its toolchain. A build function takes a
+:class:`FirmwareRequest`, writes ``RUN/firmware/<name>/`` with a ``firmware.json`` written last (a
+project without it is incomplete, see :func:`write_firmware_report`), and returns that report.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgestem.errors import ConfigError, EdgestemError
+from edgestem.registry import FIRMWARE
+from edgestem.rundir import firmware_dir
 
-FIRMWARE_DIR = "firmware"
 REPORT_FILE = "firmware.json"
 IO_TYPES = ("stream", "parallel")
 STRATEGIES = ("latency", "resource")
@@ -37,7 +35,7 @@ class FirmwareRequest:
     """What to build: the run, the target and the implementation choices (backends use what applies)."""
 
     run: Path
-    board: Any  # edgestem.export.boards.Board
+    board: Any  # edgestem.targets.boards.Board
     clock_ns: float
     io: str = "stream"  # stream (FIFOs between layers) or parallel (fully partitioned arrays)
     reuse: int = 1  # multipliers shared by this many multiplications (hls4ml ReuseFactor)
@@ -61,7 +59,7 @@ class FirmwareRequest:
                 raise ConfigError(message)
 
     def out_dir(self, backend: str) -> Path:
-        return Path(self.run) / FIRMWARE_DIR / backend
+        return firmware_dir(self.run, backend)
 
 
 def clear_project(out: Path) -> None:
@@ -94,45 +92,16 @@ def write_firmware_report(
 
 
 Builder = Callable[[FirmwareRequest], dict[str, Any]]
-_BUILDERS: dict[str, Builder] = {}
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``fn`` the firmware backend ``name`` (the module must be ``edgestem.export.<name>``)."""
-
-    def deco(fn: Builder) -> Builder:
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
-
-
-def _load(name: str) -> None:
-    if name not in _BUILDERS and _NAME.match(name):
-        try:
-            importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{name}":
-                raise
 
 
 def names() -> list[str]:
-    """Every firmware backend this installation has (imports the package's modules to find them)."""
-    import edgestem.export as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if not info.name.startswith("_"):
-            _load(info.name)
-    return sorted(_BUILDERS)
+    """Every firmware backend (the names of :data:`edgestem.registry.FIRMWARE`; nothing is imported)."""
+    return FIRMWARE.names()
 
 
 def get(name: str) -> Builder:
     """The build function of backend ``name``; an unknown name is a one-line error listing the others."""
-    _load(name)
-    if name not in _BUILDERS:
-        raise ConfigError(f"--backend {name!r}: no such firmware backend; choose {', '.join(names())}")
-    return _BUILDERS[name]
+    return FIRMWARE.get(name, "--backend")
 
 
 def build_firmware(
@@ -154,7 +123,7 @@ def build_firmware(
     ``board`` is a preset name, a board YAML file or a part number (or a loaded Board);
     ``clock_ns`` defaults to the board's clock.
     """
-    from edgestem.export.boards import load_board
+    from edgestem.targets.boards import load_board
 
     builder = get(backend)
     target = load_board(board) if isinstance(board, str) else board
@@ -173,4 +142,4 @@ def build_firmware(
     return builder(request)
 
 
-__all__ = ["FirmwareMismatch", "FirmwareRequest", "build_firmware", "get", "names", "register"]
+__all__ = ["FirmwareMismatch", "FirmwareRequest", "build_firmware", "get", "names", "write_firmware_report"]

@@ -1,0 +1,1 @@
+"""Firmware backends (hls4ml, FINN, our RTL generator), their toolchain drivers and report parsers."""

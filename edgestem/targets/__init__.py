@@ -1,0 +1,1 @@
+"""What the firmware is for: boards, detectors, their presets, and the throughput budget."""
