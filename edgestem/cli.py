@@ -6,6 +6,7 @@ inside the command that needs them (tested in tests/test_cli.py).
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import time
@@ -34,19 +35,81 @@ DatasetOpt = typer.Option(None, "--dataset", help="Array inside the file (HDF5 p
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
+def _command_name(fn: Callable[..., Any]) -> str:
+    """The name the user typed (``config``, ``run``), not the Python function's."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    return (ctx.info_name if ctx is not None and ctx.info_name else None) or fn.__name__.replace("_", "-")
+
+
+# Environment faults met while reading or writing files: one line each, never a traceback.
+_OS_ERRORS = {
+    "ENOSPC": "no space left on the device; free space or write to another disk",
+    "EDQUOT": "disk quota exceeded; free space or write to another disk",
+    "EROFS": "read-only file system; choose a writable path",
+    "EACCES": "permission denied; choose a path you may write",
+    "EPERM": "operation not permitted; choose a path you may write",
+    "EISDIR": "is a directory; give a file name",
+    "ENOTDIR": "a part of the path is not a directory",
+    "ENAMETOOLONG": "file name too long",
+    "EFBIG": "file too large for this file system",
+    "EIO": "input/output error on the device",
+    "EMFILE": "too many open files",
+    "ENOENT": "no such file or directory",
+}
+# A file failed to write (disk full, I/O error): HDF5 may hold a file it could not close, and its
+# exit handlers then crash (a segfault); main() ends such a process directly, its output removed.
+_HARD_EXIT = {"needed": False}
+
+
+def _os_error_message(exc: OSError) -> str | None:
+    name = errno.errorcode.get(exc.errno or -1)
+    if name not in _OS_ERRORS:
+        return None
+    where = exc.filename or exc.filename2
+    if where is None:  # h5py puts the file name in its message only
+        import re
+
+        m = re.search(r"filename = '([^']+)'", str(exc))
+        where = m.group(1) if m else None
+    if where is not None:
+        # name the output, not its temporary file (.NAME.tmp-XXXX.ext, removed on the way out)
+        import re
+
+        where = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/.]+(\.[^/]*)?$", r"\1\2\3", str(where))
+    text = _OS_ERRORS[name]
+    return f"{where}: {text}; nothing was kept" if where else f"{text}; nothing was kept"
+
+
 def _user_errors(fn: F) -> F:
-    """Print user errors (bad data, config, missing tools) as one line on stderr and exit non-zero."""
+    """Print user errors (bad data, config, missing tools, disk full, interrupts) as one line on stderr."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgestem.atomic import Interrupted, received_signal
+
+        name = _command_name(fn)
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if received_signal() is not None:  # a library swallowed the interrupt: still report it
+                raise Interrupted(received_signal())  # type: ignore[arg-type]
+            return result
         except EdgestemError as exc:
-            typer.echo(f"edgestem {fn.__name__}: error: {exc}", err=True)
+            typer.echo(f"edgestem {name}: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo(f"edgestem {fn.__name__}: interrupted; no partial output was kept", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            how = "terminated" if code == 143 else "interrupted"
+            typer.echo(f"edgestem {name}: {how}; no partial output was kept", err=True)
+            raise typer.Exit(code) from None
+        except OSError as exc:
+            msg = _os_error_message(exc)
+            if msg is None:
+                raise
+            _HARD_EXIT["needed"] |= exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+            typer.echo(f"edgestem {name}: error: {msg}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -763,8 +826,20 @@ def show_config(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: SIGTERM unwinds like Ctrl-C (temporary files removed)."""
+    import os
+
+    from edgestem.atomic import install_signal_handlers
+
+    install_signal_handlers()
+    try:
+        app()
+    except SystemExit as exc:
+        if _HARD_EXIT["needed"]:  # after a failed HDF5 close, the library's exit handlers would segfault
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 2)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

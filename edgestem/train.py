@@ -9,6 +9,7 @@ shuffling, noise augmentation) is derived from ``(seed, epoch, batch)``, not fro
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable
@@ -182,8 +183,12 @@ def check_collapse(model: CCSTAE, x: np.ndarray) -> None:
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     from edgestem.atomic import atomic_path
 
+    # Serialised in memory first: torch's zip writer reports a full disk as "unexpected pos";
+    # a plain write raises OSError(ENOSPC), which the CLI reports in one line.
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def load_checkpoint(run: str | Path) -> dict[str, Any]:
