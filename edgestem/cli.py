@@ -37,10 +37,10 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 def _command_name(fn: Callable[..., Any]) -> str:
     """The name the user typed (``config``, ``run``), not the Python function's."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    return (ctx.info_name if ctx is not None and ctx.info_name else None) or fn.__name__.replace("_", "-")
+    for command in app.registered_commands:
+        if getattr(command.callback, "__wrapped__", None) is fn:
+            return command.name or fn.__name__.replace("_", "-")
+    return fn.__name__.replace("_", "-")
 
 
 # Environment faults met while reading or writing files: one line each, never a traceback.
@@ -142,6 +142,21 @@ def _sidecar(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def _check_scan_fits(out: Path, scan: tuple[int, int], size: int) -> None:
+    """Refuse a scan whose output cannot fit on the disk, or whose labels and row blocks cannot fit in memory."""
+    from edgestem.paths import check_memory, check_space
+
+    rx, ry = scan
+    check_space(out, 4.0 * rx * ry * size * size, f"a {rx}x{ry} scan of {size}x{size} px patterns (float32)")
+    # labels, deformation gradients and coordinates (about 20 float64 per position), and the
+    # rendering of one scan row (a few float64 copies of its patterns)
+    check_memory(
+        160.0 * rx * ry + 32.0 * ry * size * size,
+        f"a {rx}x{ry} scan of {size}x{size} px patterns",
+        "make --scan or --size smaller",
+    )
+
+
 @app.command()
 @_user_errors
 def simulate(
@@ -159,10 +174,14 @@ def simulate(
     """Simulate a 4D-STEM scan with known strain and rotation labels (kinematic diffraction)."""
     from edgestem.atomic import write_json
     from edgestem.config import load_config
+    from edgestem.data.io import check_writable_format
     from edgestem.data.simulate import simulate_to_file
+    from edgestem.paths import check_output_file
     from edgestem.progress import progress_bar
     from edgestem.runinfo import stage_report
 
+    check_output_file(out, [config], extra=[_sidecar(out)])
+    check_writable_format(out, labels=True)
     t0 = time.perf_counter()
     cfg = load_config(
         config,
@@ -175,6 +194,7 @@ def simulate(
             **_noise_overrides(noise_w, dose),
         },
     )
+    _check_scan_fits(out, cfg.simulate.scan, cfg.simulate.size)
     n_rows = cfg.simulate.scan[0]
     with progress_bar("simulating", n_rows, enabled=not quiet) as advance:
         simulate_to_file(cfg, out, progress=advance)
@@ -200,12 +220,17 @@ def noise(
     quiet: bool = QuietOpt,
 ) -> None:
     """Add seeded noise (background weight w or dose-limited Poisson) to an existing file."""
+    import numpy as np
+
     from edgestem.atomic import write_json
     from edgestem.config import load_config
+    from edgestem.data.io import check_writable_format
     from edgestem.data.noise import add_noise_to_file, describe
+    from edgestem.paths import check_output_file, check_space
     from edgestem.progress import progress_bar
     from edgestem.runinfo import stage_report
 
+    check_output_file(out, [data, config], extra=[_sidecar(out)])
     t0 = time.perf_counter()
     cfg = load_config(config, {"seed": seed, **_noise_overrides(noise_w, dose, read_noise)})
     if cfg.noise.model == "none" and not cfg.noise.read_noise and not cfg.noise.hot_pixels:
@@ -214,6 +239,8 @@ def noise(
 
     with open_4dstem(data, dataset) as ds:
         rows = ds.shape[0]
+        check_writable_format(out, labels=bool(ds.labels))
+        check_space(out, 4.0 * float(np.prod(ds.shape)), f"the noisy copy of {data}")
     with progress_bar("adding noise", rows, enabled=not quiet) as advance:
         add_noise_to_file(data, out, cfg.noise, cfg.seed, progress=advance, dataset=dataset)
     write_json(
@@ -275,8 +302,10 @@ def plot(
     quiet: bool = QuietOpt,
 ) -> None:
     """Plot the mean pattern, a few patterns and the label maps of a data file."""
+    from edgestem.paths import check_output_dir
     from edgestem.report import plot_dataset
 
+    check_output_dir(out, [file], writes=["patterns.png", "labels.png", "plot.json"])
     written = plot_dataset(file, out, dataset=dataset, progress=not quiet)
     for p in written:
         typer.echo(f"wrote {p}")
@@ -296,12 +325,16 @@ def train(
 ) -> None:
     """Train the float CC-ST-AE without labels (cycle-consistent loss); checkpoints every epoch."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.train import train as train_run
 
+    check_output_dir(out, [data, config], writes=["checkpoint.pt", "train.json"])
     overrides = {"train.epochs": epochs, "seed": seed}
     # Resuming without --config continues with the run's own resolved config.
     saved = out / "config.yaml"
     cfg = load_config(saved if resume and config is None and saved.is_file() else config, overrides)
+    if resume and saved.is_file():
+        _note_ignored(load_config(saved), cfg, "train")
     report = _with_bar(
         "training", quiet, lambda cb: train_run(cfg, data, out, resume=resume, dataset=dataset, progress=cb)
     )
@@ -327,7 +360,9 @@ def strain(
 ) -> None:
     """Strain, shear and rotation maps of a data file from a trained run (metrics when labelled)."""
     from edgestem.evaluate import strain_from_run
+    from edgestem.paths import check_maps_file
 
+    check_maps_file(out, [run, data])
     res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset)
     speed = ", ".join(f"{k} {v:.0f} patterns/s" for k, v in res["patterns_per_second"].items())
     typer.echo(f"wrote {out}: {res['patterns']} patterns ({speed})")
@@ -347,9 +382,11 @@ def baseline(
 ) -> None:
     """Classical strain mapping (Bragg-disk detection + lattice fit), reported like `edgestem strain`."""
     from edgestem.evaluate import baseline_from_file
+    from edgestem.paths import check_maps_file
 
     if symmetry not in ("auto", "hex", "square", "none"):
         raise EdgestemError(f"--symmetry {symmetry!r}: choose hex, square, none or auto")
+    check_maps_file(out, [data])
     res = baseline_from_file(data, out, reference=ref, dataset=dataset, symmetry=symmetry)
     typer.echo(
         f"wrote {out}: {res['patterns']} patterns ({res['patterns_per_second']['classical']:.0f} patterns/s), "
@@ -364,6 +401,18 @@ def _echo_mae(res: dict[str, Any]) -> None:
         typer.echo(
             f"  {name:9s} MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "
             f"theta {mae['theta']:.3f} deg"
+        )
+
+
+def _note_ignored(saved: Any, given: Any, command: str) -> None:
+    """Say which given options a resumed run ignores (it continues with its own config)."""
+    from edgestem.config import config_diff
+
+    changed = [d for d in config_diff(saved, given) if not d.startswith(f"{command}.epochs ")]
+    if changed:
+        typer.echo(
+            f"edgestem {command}: note: --resume continues with the run's own config; ignored: " + "; ".join(changed),
+            err=True,
         )
 
 
@@ -414,7 +463,9 @@ def qat(
     """Quantization-aware training (Brevitas, power-of-two scales) from a float run, into RUN/qat/."""
     from edgestem.compress.quantize import qat_run
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
 
+    check_output_dir(out or run / "qat", [run, data, eval_data, config], writes=["checkpoint.pt", "train.json"])
     source = config if config is not None else run / "config.yaml"
     if config is None and not source.is_file():
         raise EdgestemError(f"{run}: not a run directory (no config.yaml); train first (edgestem train --out {run})")
@@ -492,7 +543,10 @@ def prune(
     """Magnitude pruning (per-layer weights or whole channels) with fine-tuning, into RUN/prune/."""
     from edgestem.compress.prune import prune_run
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
 
+    reads = [run, run / "qat" if (run / "qat").is_dir() else None, data, config]
+    check_output_dir(out or run / "prune", reads, writes=["checkpoint.pt", "train.json"])
     if config is None:  # resuming: the pruning run's own config; else the source run's
         candidates = ([(out or run / "prune") / "config.yaml"] if resume else []) + [run / "config.yaml"]
         config = next((p for p in candidates if p.is_file()), None)
@@ -543,19 +597,20 @@ def emulate(
     dataset: str | None = DatasetOpt,
 ) -> None:
     """Strain maps through one backend (float, Brevitas, QONNX, ONNX Runtime, hls4ml C++, FINN), like `strain`."""
+    from edgestem.config import load_config
     from edgestem.emulate import emulate as emulate_run
     from edgestem.evaluate import noise_level
+    from edgestem.paths import check_maps_file
     from edgestem.train import load_checkpoint
 
-    if noise_w is not None and dose is not None:
-        raise EdgestemError("give either --noise-w or --dose, not both")
+    load_config(None, _noise_overrides(noise_w, dose))  # validates the level (dose > 0, 0 <= w <= 1)
     noise = (
         noise_level(noise_w, "w") if noise_w is not None else noise_level(dose, "dose") if dose is not None else None
     )
     if data is None:
         data = Path(load_checkpoint(run)["data"]["path"])
     out = out or run / "emulate" / f"{backend}.h5"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_maps_file(out, [run, data])
     res = emulate_run(run, backend, data, out, noise=noise, check=check, reference=ref, dataset=dataset)
     speed = res["patterns_per_second"][backend]
     typer.echo(f"wrote {out}: {res['patterns']} patterns through {backend} ({speed:.0f} patterns/s)")
@@ -582,7 +637,10 @@ def synth_report(
 ) -> None:
     """Summarise HLS, Vivado and FINN reports: latency, II, LUT/FF/DSP/BRAM, slack, utilisation."""
     from edgestem.export.synth_report import format_table, synth_report
+    from edgestem.paths import check_output_file
 
+    if json_out is not None:
+        check_output_file(json_out, [run], option="--json")
     res = synth_report(run, board=board, json_out=json_out, yosys=yosys)
     where = "" if res["board"] is None else f" on {res['board']['name']} ({res['board']['part']})"
     typer.echo(f"synthesis reports of {run}{where}:")
@@ -604,7 +662,10 @@ def budget(
     """Does the encoder keep up with the detector? Speed-up, FINN folding or hls4ml reuse factor needed."""
     from edgestem.export.budget import budget as run_budget
     from edgestem.export.budget import format_budget
+    from edgestem.paths import check_output_file
 
+    if json_out is not None:
+        check_output_file(json_out, [run], option="--json")
     res = run_budget(run, detector=detector, board=board, clock_ns=clock_ns, json_out=json_out)
     typer.echo(format_budget(res))
     typer.echo(f"wrote {res['json']}")
@@ -619,8 +680,10 @@ def robustness(
 ) -> None:
     """Train-noise x test-noise grid with seeds: tidy table, heatmaps, error-vs-noise curves."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.robustness import grid_markdown, run_study
 
+    check_output_dir(out, [config])
     res = run_study(load_config(config), out, resume=resume, log=lambda line: typer.echo(line, err=True))
     cells = res["summary"]["cells"]
     typer.echo(f"wrote {out}: {cells['ok']} cells, {cells['failed']} failed; results.csv, figures/, robustness.json")
@@ -644,10 +707,12 @@ def report(
 ) -> None:
     """Degradation table: strain MAE per noise level for float, QAT, pruned, QONNX, firmware and classical."""
     from edgestem.degradation import degradation, write_report
+    from edgestem.paths import check_output_dir
 
     levels = _eval_levels(noise_w, dose) or _eval_levels("0,0.1,0.25,0.5,0.7", None)
     if data is None:
         data = _clean_data_of(run)
+    check_output_dir(out or run / "report", [run, data], writes=["report.json", "report.md", "report.png"])
     res = _with_bar(
         "report",
         quiet,
@@ -692,8 +757,10 @@ def run_all(
 ) -> None:
     """The whole pipeline: simulate -> noise -> train -> qat -> [prune] -> export -> firmware -> emulate -> report."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.pipeline import run_pipeline
 
+    check_output_dir(out, [config])
     cfg = load_config(config)
     t0 = time.perf_counter()
     steps = [s.strip() for s in only.split(",")] if only else None
@@ -798,8 +865,12 @@ def sweep(
 ) -> None:
     """Optuna hyper-parameter search; objective: strain MAE at one test noise level (many workers may share it)."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.sweep import run_sweep
 
+    for folder, option in ((report, "--report"), (workdir, "--workdir")):
+        if folder is not None:
+            check_output_dir(folder, [config], option=option)
     res = run_sweep(load_config(config), storage, n_trials, report=report, workdir=workdir, log=typer.echo)
     best = res["best"]
     counts = ", ".join(f"{n} {state}" for state, n in res["trials"].items())

@@ -41,15 +41,16 @@ def protected_by(path: Path, reads: Iterable[str | os.PathLike[str] | None]) -> 
     """The read input ``path`` would replace, or None.
 
     ``reads`` holds the stage's input files and run directories; inside a run directory its
-    checkpoint (any ``*.pt``), ``config.yaml``, ``train.json`` and ``pipeline.json`` are protected.
+    checkpoint (any ``*.pt``), ``config.yaml``, ``train.json`` and ``pipeline.json`` are protected
+    (files of its sub-directories only when those are passed as reads themselves).
     """
     for r in reads:
         if r is None:
             continue
         r = Path(r)
         if r.is_dir():
-            if _inside(path, r) and (path.name in RUN_FILES or path.suffix == ".pt"):
-                return r / path.name if path.parent.resolve() == r.resolve() else path
+            if path.parent.resolve() == r.resolve() and (path.name in RUN_FILES or path.suffix == ".pt"):
+                return path
             continue
         if same_file(path, r):
             return r
@@ -72,13 +73,14 @@ def check_output_file(
     if out.is_dir():
         raise EdgestemError(f"{option} {out} is a directory; give a file name, e.g. {out / 'out.h5'}")
     if out.parent.exists() and not out.parent.is_dir():
-        raise EdgestemError(f"{option} {out}: {out.parent} is a file, not a directory")
+        raise EdgestemError(f"{option} {out}: cannot create output directory {out.parent}: it is a file")
     for p in [out, *(Path(e) for e in extra)]:
         hit = protected_by(p, reads)
         if hit is not None:
             what = "" if p == out else f" (written beside it as {p})"
             raise EdgestemError(
-                f"{option} {out}{what} would replace {hit}, which this command reads; choose another output path"
+                f"{option} {out}{what} would replace the input {hit}, which this command reads; "
+                "choose another output path"
             )
         if p != out and p.is_dir():
             raise EdgestemError(f"{option} {out}: {p} (written beside it) is a directory; choose another output path")
@@ -98,13 +100,26 @@ def check_output_dir(
     if out.exists() and not out.is_dir():
         hit = protected_by(out, reads)
         if hit is not None:
-            raise EdgestemError(f"{option} {out} is {hit}, which this command reads; give a new directory")
+            raise EdgestemError(f"{option} {out} is the input {hit}, which this command reads; give a new directory")
         raise EdgestemError(f"{option} {out} is a file, not a directory; give a directory (it is created)")
     for name in writes:
-        hit = protected_by(out / name, [r for r in reads if r is None or not Path(r).is_dir()])
+        hit = protected_by(out / name, reads)
         if hit is not None:
-            raise EdgestemError(f"{option} {out}: writing {out / name} would replace the input {hit}; choose another")
+            raise EdgestemError(
+                f"{option} {out}: writing {out / name} would replace the input {hit}, which this command reads; "
+                "choose another directory"
+            )
     return out
+
+
+def check_maps_file(
+    out: str | os.PathLike[str], reads: Iterable[str | os.PathLike[str] | None] = (), *, option: str = "--out"
+) -> Path:
+    """A strain maps output (HDF5, with ``<out>.json`` and ``<out>.png`` beside it): checked as above."""
+    out = Path(out)
+    if out.suffix.lower() not in (".h5", ".hdf5", ".hdf"):
+        raise EdgestemError(f"{option} {out}: strain maps are written as HDF5; give a name ending in .h5")
+    return check_output_file(out, reads, extra=[out.with_name(out.name + ".json"), out.with_suffix(".png")])
 
 
 def _existing_parent(path: Path) -> Path:

@@ -816,6 +816,71 @@ def hdf5_writer(
             yield HDF5Writer(f, shape, dtype)
 
 
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+_NO_LABEL_SUFFIXES = (".npy", ".mib", ".xml", ".blo", ".hspy")
+
+
+def writable_formats() -> str:
+    """The extensions :func:`write_4dstem` writes, for messages."""
+    return ", ".join(sorted(_WRITERS))
+
+
+def check_writable_format(path: str | os.PathLike[str], *, labels: bool = False, option: str = "--out") -> None:
+    """Refuse, before any work, an output whose extension no writer handles or that cannot hold labels."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in _WRITERS:
+        what = f"{p.suffix!r} files" if p.suffix else "a file without an extension"
+        raise DataError(f"{option} {p}: cannot write {what}; give one of {writable_formats()}")
+    if labels and suffix in _NO_LABEL_SUFFIXES:
+        raise DataError(
+            f"{option} {p}: {suffix} files cannot hold the strain labels; write .h5, .npz, .mat or .emd to keep them"
+        )
+
+
+class _MemoryWriter:
+    """Collects blocks in memory for formats written in one piece (see :func:`data_writer`)."""
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: Any) -> None:
+        self.shape = shape
+        self.data = np.zeros(shape, dtype=dtype)
+        self.labels: dict[str, np.ndarray] = {}
+
+    def write(self, rows: slice, block: np.ndarray) -> None:
+        self.data[rows] = block
+
+    def set_labels(self, labels: dict[str, np.ndarray]) -> None:
+        self.labels = {k: np.asarray(v, dtype=np.float64) for k, v in labels.items()}
+
+
+@contextlib.contextmanager
+def data_writer(
+    path: str | os.PathLike[str],
+    shape: tuple[int, int, int, int],
+    *,
+    attrs: dict[str, Any] | None = None,
+    dtype: Any = np.float32,
+) -> Iterator[Any]:
+    """A block writer in the format the extension of ``path`` names (atomic, like :func:`hdf5_writer`).
+
+    HDF5 streams block by block; the other formats of :func:`write_4dstem` collect the scan in
+    memory (refused up front when it cannot fit) and write it at the end.
+    """
+    p = Path(path)
+    if p.suffix.lower() in HDF5_SUFFIXES:
+        with hdf5_writer(p, shape, attrs=attrs, dtype=dtype) as w:
+            yield w
+        return
+    check_writable_format(p)
+    from edgestem.paths import check_memory
+
+    nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    check_memory(2 * nbytes, f"writing {p.suffix} (the whole scan in memory)", "write .h5 instead (it streams)")
+    w = _MemoryWriter(shape, dtype)
+    yield w
+    write_4dstem(p, w.data, w.labels, attrs)
+
+
 def write_4dstem(
     path: str | os.PathLike[str],
     data: np.ndarray,
