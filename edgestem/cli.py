@@ -397,6 +397,8 @@ def baseline(
 
 def _echo_mae(res: dict[str, Any]) -> None:
     """One line of MAE per method (strain in %, theta in degrees), when the data had labels."""
+    for note in res.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
     for name, mae in res.get("mae", {}).items():
         typer.echo(
             f"  {name:9s} MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "
@@ -466,6 +468,9 @@ def qat(
     from edgestem.paths import check_output_dir
 
     check_output_dir(out or run / "qat", [run, data, eval_data, config], writes=["checkpoint.pt", "train.json"])
+    from edgestem.export.qonnx import require
+
+    require("brevitas")  # before any work: a missing extra is one line, as for firmware and sweep
     source = config if config is not None else run / "config.yaml"
     if config is None and not source.is_file():
         raise EdgestemError(f"{run}: not a run directory (no config.yaml); train first (edgestem train --out {run})")

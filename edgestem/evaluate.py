@@ -173,6 +173,7 @@ def strain_from_run(
         S.reference_mask(d.scan_shape, reference)
     except ValueError as exc:
         raise EdgestemError(str(exc)) from None
+    notes = [n for n in [pattern_shape_note(state, d.raw.shape[-2:], cfg)] if n]
     symmetry = state["symmetry"] if d.symmetry is None else d.symmetry
     t0 = time.perf_counter()
     A = predict_affine(model, d.x)
@@ -184,6 +185,8 @@ def strain_from_run(
         methods["refined"] = refine_from_encoder(d.raw, A)
         timings["refined"] = len(A) / max(time.perf_counter() - t0, 1e-9)
     results: dict[str, Any] = {"patterns": len(A), "patterns_per_second": timings, "symmetry": symmetry}
+    if notes:
+        results["notes"] = notes
     maps = {name: maps_from_affine(Am, d.scan_shape, reference, symmetry) for name, Am in methods.items()}
     best = "refined" if refine else "encoder"
     return write_result(
@@ -199,6 +202,25 @@ def strain_from_run(
         inputs={"run": run, "data": data},
         config=cfg,
         started=t_start,
+    )
+
+
+def pattern_shape_note(state: dict[str, Any], shape: tuple[int, ...], cfg: Any) -> str | None:
+    """One line when ``shape`` (the data's patterns) differs from the run's training patterns, else None.
+
+    The pre-processing crops and bins any pattern to the model's size, so such data run without
+    error; the user should still know their patterns were binned differently from training.
+    """
+    from edgestem.data.preprocess import geometry
+
+    trained = state.get("data", {}).get("pattern_shape")
+    if not trained or tuple(trained) == tuple(shape):
+        return None
+    g_now, g_then = geometry(tuple(shape), cfg.preprocess), geometry(tuple(trained), cfg.preprocess)
+    return (
+        f"patterns of {shape[0]}x{shape[1]} px (the run was trained on {trained[0]}x{trained[1]} px) are "
+        f"cropped to {g_now.x1 - g_now.x0} px and binned {g_now.bin}x (training: {g_then.bin}x) to the model's "
+        f"{cfg.preprocess.size} px"
     )
 
 

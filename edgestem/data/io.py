@@ -70,7 +70,7 @@ class Dataset4D:
         shape = tuple(int(n) for n in array.shape)
         if len(shape) != 4:
             raise DataError(
-                f"{path}: data {source or ''} has rank {len(shape)} (shape {shape}); "
+                f"{path}: {f'array {source!r}' if source else 'the data'} has rank {len(shape)} (shape {shape}); "
                 "expected 4D (Rx, Ry, Qx, Qy), reshape the scan to two scan axes"
             )
         if min(shape) < 1:
