@@ -116,10 +116,10 @@ def check_maps_file(
     out: str | os.PathLike[str], reads: Iterable[str | os.PathLike[str] | None] = (), *, option: str = "--out"
 ) -> Path:
     """A strain maps output (HDF5, with ``<out>.json`` and ``<out>.png`` beside it): checked as above."""
-    out = Path(out)
+    out = check_output_file(out, reads, extra=[Path(f"{out}.json"), Path(out).with_suffix(".png")], option=option)
     if out.suffix.lower() not in (".h5", ".hdf5", ".hdf"):
         raise EdgestemError(f"{option} {out}: strain maps are written as HDF5; give a name ending in .h5")
-    return check_output_file(out, reads, extra=[out.with_name(out.name + ".json"), out.with_suffix(".png")])
+    return out
 
 
 def _existing_parent(path: Path) -> Path:
