@@ -273,3 +273,52 @@ def test_real_full_disk_in_a_subprocess(tmp_path):
         assert not list(disk.iterdir())
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+# ------------------------------------------------------------------------------------------------
+# silent surprises: said in one line, on stderr
+
+
+def test_resume_names_the_options_it_ignores(workspace, tmp_path):
+    w = tmp_path / "w"
+    shutil.copytree(workspace, w)
+    argv = ["train", "--data", str(w / "data.h5"), "--out", str(w / "run"), "--resume", "--epochs", "2"]
+    r = runner.invoke(app, [*argv, "--seed", "7", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "note: --resume continues with the run's own config; ignored: seed 7 (the run's: 0)" in r.output
+    r = runner.invoke(app, [*argv, "-q"])  # nothing changed but the epochs: no note
+    assert r.exit_code == 0 and "note:" not in r.output
+
+
+def test_data_binned_unlike_training_is_said(workspace, tmp_path):
+    from edgestem.config import load_config
+    from edgestem.data.simulate import simulate_to_file
+
+    small = simulate_to_file(load_config(None, {"simulate.scan": 4, "simulate.size": 32}), tmp_path / "s.h5")
+    r = runner.invoke(
+        app, ["strain", "--run", str(workspace / "run"), "--data", str(small), "--out", str(tmp_path / "m.h5")]
+    )
+    assert r.exit_code == 0, r.output
+    notes = [ln for ln in r.output.splitlines() if ln.startswith("note:")]
+    assert notes == [
+        "note: patterns of 32x32 px (the run was trained on 64x64 px) are cropped to 32 px and binned 1x "
+        "(training: 2x) to the model's 32 px"
+    ]
+
+
+def test_messages_name_the_command_not_the_function(tmp_path):
+    bad = tmp_path / "b.yaml"
+    bad.write_text("train: {epochs: 0}\n")
+    for argv, name in ((["config", str(bad)], "config"), (["run", str(bad), "--out", str(tmp_path / "o")], "run")):
+        r = runner.invoke(app, argv)
+        assert r.output.startswith(f"edgestem {name}: error: config error in {bad}"), r.output
+
+
+@pytest.mark.parametrize("suffix", [".emd", ".npz", ".mat"])
+def test_simulate_and_noise_write_the_format_named(tmp_path, suffix):
+    out, noisy = tmp_path / f"s{suffix}", tmp_path / f"n{suffix}"
+    assert runner.invoke(app, ["simulate", "--out", str(out), "--scan", "3", "--size", "16", "-q"]).exit_code == 0
+    assert runner.invoke(app, ["noise", "--data", str(out), "--out", str(noisy), "--dose", "50", "-q"]).exit_code == 0
+    for p in (out, noisy):
+        r = runner.invoke(app, ["info", str(p), "-q"])
+        assert r.exit_code == 0 and "(3, 3, 16, 16)" in r.output and "labels      exx" in r.output, r.output

@@ -580,3 +580,35 @@ def test_rsciio_reader_failure_is_a_data_error(tmp_path):
     with pytest.raises(DataError) as e:
         open_4dstem(p)
     _one_line(e, p)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".emd", ".mat"])
+def test_data_writer_writes_the_format_its_extension_names(tmp_path, suffix):
+    """simulate and noise stream through data_writer: every output opens again as written."""
+    from edgestem.data.io import data_writer
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 4, 8, 8)).astype(np.float32)
+    labels = {k: rng.random((3, 4)) for k in LABEL_KEYS}
+    out = tmp_path / f"x{suffix}"
+    with data_writer(out, x.shape, attrs={"note": "hi"}) as w:
+        for r in range(3):
+            w.write(slice(r, r + 1), x[r : r + 1])
+        w.set_labels(labels)
+    with open_4dstem(out) as ds:
+        np.testing.assert_array_equal(ds[:], x)
+        np.testing.assert_allclose(ds.labels["exx"], labels["exx"])
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_data_writer_refuses_unknown_formats(tmp_path):
+    from edgestem.data.io import check_writable_format, data_writer
+    from edgestem.errors import DataError
+
+    with pytest.raises(DataError, match=r"cannot write '\.tif' files; give one of .*\.h5"):
+        with data_writer(tmp_path / "x.tif", (1, 1, 4, 4)):
+            pass
+    with pytest.raises(DataError, match="cannot hold the strain labels"):
+        check_writable_format(tmp_path / "x.npy", labels=True)
+    check_writable_format(tmp_path / "x.npy")
+    assert not list(tmp_path.iterdir())
