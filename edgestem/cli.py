@@ -353,7 +353,10 @@ def strain(
     data: Path = typer.Option(..., "--data", "-d", help="Data file to map."),
     out: Path = typer.Option(..., "--out", "-o", help="Output maps file (HDF5); also <out>.json and .png."),
     ref: str | None = typer.Option(
-        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+        None,
+        "--ref",
+        help="Reference region 'x0:x1,y0:y1' (scan positions), or 'grain:x,y': the grain around that position. "
+        "[default: all]",
     ),
     refine: bool = typer.Option(False, "--refine", help="Per-pattern maximum-likelihood refinement after the encoder."),
     dataset: str | None = DatasetOpt,
@@ -375,7 +378,10 @@ def baseline(
     data: Path = typer.Option(..., "--data", "-d", help="Data file to map."),
     out: Path = typer.Option(..., "--out", "-o", help="Output maps file (HDF5); also <out>.json and .png."),
     ref: str | None = typer.Option(
-        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+        None,
+        "--ref",
+        help="Reference region 'x0:x1,y0:y1' (scan positions), or 'grain:x,y': the grain around that position. "
+        "[default: all]",
     ),
     symmetry: str = typer.Option("auto", help="hex, square, none, or auto (from the file's attributes)."),
     dataset: str | None = DatasetOpt,
@@ -597,7 +603,10 @@ def emulate(
         False, "--check", help="Compare raw outputs with the Brevitas reference; exit 1 on any difference."
     ),
     ref: str | None = typer.Option(
-        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+        None,
+        "--ref",
+        help="Reference region 'x0:x1,y0:y1' (scan positions), or 'grain:x,y': the grain around that position. "
+        "[default: all]",
     ),
     dataset: str | None = DatasetOpt,
 ) -> None:

@@ -266,6 +266,22 @@ def compare_models(
     return rows
 
 
+def reference_note(A: np.ndarray, reference: str | None, symmetry: str | None) -> str | None:
+    """One line when the reference region holds several lattice orientations (grains), else None."""
+    groups = S.reference_orientations(A, reference, symmetry)
+    if len(groups) < 2:
+        return None
+    where = f"--ref {reference}" if reference else "the reference (the whole scan)"
+    parts = ", ".join(
+        f"{g['theta']:+.1f} deg ({100 * g['fraction']:.0f} %, e.g. at {g['at'][0]},{g['at'][1]})" for g in groups
+    )
+    big = max(groups, key=lambda g: g["fraction"])["at"]
+    return (
+        f"{where} spans {len(groups)} lattice orientations: {parts}; its median lattice belongs to none of them, "
+        f"so strain and rotation are offset; give a region inside one grain or --ref grain:{big[0]},{big[1]}"
+    )
+
+
 def write_result(
     stage: str,
     out: Any,
@@ -291,10 +307,15 @@ def write_result(
     from edgestem.runinfo import stage_report
 
     out = Path(out)
-    truth = label_maps(labels, reference, symmetry) if set(COMPONENTS) <= set(labels) else None
+    note = reference_note(affine[best], reference, symmetry)
+    if note:
+        results.setdefault("notes", []).append(note)
+    # "grain:x,y" once, from the mapped orientations, so labels and metrics use the same positions
+    scored = S.resolve_reference(affine[best], reference, symmetry) if isinstance(reference, str) else reference
+    truth = label_maps(labels, scored, symmetry) if set(COMPONENTS) <= set(labels) else None
     if truth is not None:
         for name, m in maps.items():
-            results.setdefault("mae", {})[name] = strain_mae(m, truth, reference)
+            results.setdefault("mae", {})[name] = strain_mae(m, truth, scored)
             results.setdefault("slope", {})[name] = regression_slope(m, truth)
     attrs = {"reference": reference or "all", "symmetry": symmetry or "none", "method": best}
     write_maps(out, maps[best], affine[best], {**{k: str(v) for k, v in inputs.items()}, **attrs})

@@ -322,3 +322,15 @@ def test_simulate_and_noise_write_the_format_named(tmp_path, suffix):
     for p in (out, noisy):
         r = runner.invoke(app, ["info", str(p), "-q"])
         assert r.exit_code == 0 and "(3, 3, 16, 16)" in r.output and "labels      exx" in r.output, r.output
+
+
+def test_a_reference_across_grains_is_said(tmp_path):
+    data = tmp_path / "p.h5"
+    assert runner.invoke(app, ["simulate", "--out", str(data), "--scan", "16", "--seed", "0", "-q"]).exit_code == 0
+    r = runner.invoke(app, ["baseline", "--data", str(data), "--out", str(tmp_path / "m.h5"), "--ref", "0:8,0:8"])
+    assert r.exit_code == 0, r.output
+    (note,) = [ln for ln in r.output.splitlines() if ln.startswith("note:")]
+    assert "--ref 0:8,0:8 spans" in note and "lattice orientations" in note and "--ref grain:" in note
+    grain = note.rsplit("--ref ", 1)[1]
+    r = runner.invoke(app, ["baseline", "--data", str(data), "--out", str(tmp_path / "g.h5"), "--ref", grain])
+    assert r.exit_code == 0 and "note:" not in r.output, r.output
