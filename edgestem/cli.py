@@ -147,7 +147,12 @@ def _check_scan_fits(out: Path, scan: tuple[int, int], size: int) -> None:
     from edgestem.paths import check_memory, check_space
 
     rx, ry = scan
-    check_space(out, 4.0 * rx * ry * size * size, f"a {rx}x{ry} scan of {size}x{size} px patterns (float32)")
+    check_space(
+        out,
+        4.0 * rx * ry * size * size,
+        f"a {rx}x{ry} scan of {size}x{size} px patterns (float32)",
+        "free space, choose another disk, or make --scan or --size smaller",
+    )
     # labels, deformation gradients and coordinates (about 20 float64 per position), and the
     # rendering of one scan row (a few float64 copies of its patterns)
     check_memory(

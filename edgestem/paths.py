@@ -138,7 +138,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.3g} PB"  # pragma: no cover
 
 
-def check_space(out: str | os.PathLike[str], nbytes: float, what: str = "the output") -> None:
+def check_space(
+    out: str | os.PathLike[str],
+    nbytes: float,
+    what: str = "the output",
+    hint: str = "free space or choose another disk",
+) -> None:
     """Refuse to start when ``nbytes`` (an estimate of what will be written) cannot fit on the disk of ``out``."""
     out = Path(out)
     try:
@@ -148,7 +153,7 @@ def check_space(out: str | os.PathLike[str], nbytes: float, what: str = "the out
     if nbytes > free:
         raise EdgestemError(
             f"{what} needs about {human_bytes(nbytes)} but only {human_bytes(free)} is free on the disk of {out}; "
-            "free space, choose another disk, or make the scan or patterns smaller"
+            + hint
         )
 
 
