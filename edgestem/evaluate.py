@@ -131,6 +131,7 @@ def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dic
 
     from edgestem import __version__
     from edgestem.atomic import atomic_path
+    from edgestem.data.io import add_emd_tree
 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["edgestem_version"] = __version__
@@ -141,6 +142,12 @@ def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dic
             g.create_dataset(k, data=np.asarray(maps[k], dtype=np.float64))
         g.attrs["units"] = json.dumps({"exx": "fraction", "eyy": "fraction", "exy": "fraction", "theta": "degree"})
         f.create_dataset("affine", data=np.asarray(A, dtype=np.float64))
+        for k in COMPONENTS:
+            g[k].attrs["units"] = "degree" if k == "theta" else "fraction"
+        # also an EMD 1.0 file: emdfile / py4DSTEM read the maps as Arrays
+        add_emd_tree(
+            f, {**{k: (g[k], ("Rx", "Ry")) for k in COMPONENTS}, "affine": (f["affine"], ("Rx", "Ry", "i", "j"))}
+        )
 
 
 def strain_from_run(

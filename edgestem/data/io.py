@@ -814,6 +814,41 @@ def hdf5_writer(
             f.attrs["edgestem_version"] = __version__
             _set_h5_attrs(f, attrs or {})
             yield HDF5Writer(f, shape, dtype)
+            arrays = {"datacube": (f["data"], ("Rx", "Ry", "Qx", "Qy"))}
+            if "labels" in f:
+                arrays.update({k: (f["labels"][k], ("Rx", "Ry")) for k in f["labels"]})
+            add_emd_tree(f, arrays)
+
+
+def add_emd_tree(f: Any, arrays: dict[str, tuple[Any, tuple[str, ...]]]) -> None:
+    """Make an open HDF5 file also an EMD 1.0 file (what emdfile and py4DSTEM read), at no cost in space.
+
+    Each of ``arrays`` (name -> (dataset, dimension names)) appears as an emdfile ``Array`` group
+    ``/edgestem/<name>`` whose ``data`` is a hard link to the dataset (the bytes are stored once);
+    edgestem's own layout (``/data``, ``/labels``, ``/maps``) is unchanged.
+    """
+    import uuid
+
+    f.attrs["emd_group_type"] = "file"
+    f.attrs["version_major"] = 1
+    f.attrs["version_minor"] = 0
+    f.attrs["UUID"] = str(uuid.uuid4())
+    f.attrs["authoring_program"] = "edgestem"
+    f.attrs["authoring_user"] = ""
+    root = f.require_group("edgestem")
+    root.attrs["emd_group_type"] = "root"
+    root.attrs["python_class"] = "Root"
+    for name, (dset, dims) in arrays.items():
+        g = root.create_group(name)
+        g.attrs["emd_group_type"] = "array"
+        g.attrs["python_class"] = "Array"
+        g["data"] = dset  # a hard link: the same dataset under a second name
+        if "units" not in dset.attrs:
+            dset.attrs["units"] = ""
+        for n, dim_name in enumerate(dims):
+            dim = g.create_dataset(f"dim{n}", data=np.arange(2))  # linear dims are stored by 2 samples
+            dim.attrs["name"] = dim_name
+            dim.attrs["units"] = "pixels"
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")

@@ -612,3 +612,23 @@ def test_data_writer_refuses_unknown_formats(tmp_path):
         check_writable_format(tmp_path / "x.npy", labels=True)
     check_writable_format(tmp_path / "x.npy")
     assert not list(tmp_path.iterdir())
+
+
+def test_edgestem_hdf5_is_also_an_emd_file(tmp_path):
+    """simulate/noise output opens in emdfile (py4DSTEM's reader): datacube and labels, stored once."""
+    emdfile = pytest.importorskip("emdfile")
+    from edgestem.data.io import hdf5_writer
+
+    x = np.random.default_rng(1).random((3, 4, 8, 8)).astype(np.float32)
+    labels = {k: np.full((3, 4), i, dtype=np.float64) for i, k in enumerate(LABEL_KEYS)}
+    out = tmp_path / "x.h5"
+    with hdf5_writer(out, x.shape) as w:
+        w.write(slice(None), x)
+        w.set_labels(labels)
+    cube = emdfile.read(out, emdpath="edgestem/datacube")
+    np.testing.assert_array_equal(cube.data, x)
+    np.testing.assert_array_equal(emdfile.read(out, emdpath="edgestem/theta").data, labels["theta"])
+    with h5py.File(out) as f:
+        assert f["edgestem/datacube/data"].id == f["data"].id  # a hard link, not a copy
+    with open_4dstem(out) as ds:  # edgestem's own reading is unchanged
+        assert ds.source == "data" and set(ds.labels) == set(LABEL_KEYS)
