@@ -123,8 +123,14 @@ def refine_from_encoder(raw: np.ndarray, A: np.ndarray) -> np.ndarray:
     return A_ref
 
 
-def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dict[str, Any]) -> None:
-    """Strain maps file (HDF5, atomic): ``/maps/<component>`` (Rx, Ry), ``/affine`` (Rx, Ry, 2, 2)."""
+def write_maps(
+    path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dict[str, Any], calibration: Any = None
+) -> None:
+    """Strain maps file (HDF5, atomic): ``/maps/<component>`` (Rx, Ry), ``/affine`` (Rx, Ry, 2, 2).
+
+    ``calibration`` (:func:`edgestem.data.io.calibration_of` of the input) is kept as an attribute
+    and gives the EMD tree's scan axes their step and units.
+    """
     import json
 
     import h5py
@@ -145,8 +151,12 @@ def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dic
         for k in COMPONENTS:
             g[k].attrs["units"] = "degree" if k == "theta" else "fraction"
         # also an EMD 1.0 file: emdfile / py4DSTEM read the maps as Arrays
+        if calibration:
+            f.attrs["calibration"] = json.dumps(calibration)
         add_emd_tree(
-            f, {**{k: (g[k], ("Rx", "Ry")) for k in COMPONENTS}, "affine": (f["affine"], ("Rx", "Ry", "i", "j"))}
+            f,
+            {**{k: (g[k], ("Rx", "Ry")) for k in COMPONENTS}, "affine": (f["affine"], ("Rx", "Ry", "i", "j"))},
+            calibration,
         )
 
 
@@ -289,6 +299,20 @@ def reference_note(A: np.ndarray, reference: str | None, symmetry: str | None) -
     )
 
 
+def _calibration_of_file(path: Any) -> Any:
+    """The calibration of a data file (None when it has none or cannot be opened without --dataset)."""
+    if path is None:
+        return None
+    from edgestem.data.io import calibration_of, open_4dstem
+    from edgestem.errors import EdgestemError
+
+    try:
+        with open_4dstem(path) as ds:
+            return calibration_of(ds.attrs)
+    except EdgestemError:
+        return None
+
+
 def write_result(
     stage: str,
     out: Any,
@@ -325,7 +349,13 @@ def write_result(
             results.setdefault("mae", {})[name] = strain_mae(m, truth, scored)
             results.setdefault("slope", {})[name] = regression_slope(m, truth)
     attrs = {"reference": reference or "all", "symmetry": symmetry or "none", "method": best}
-    write_maps(out, maps[best], affine[best], {**{k: str(v) for k, v in inputs.items()}, **attrs})
+    write_maps(
+        out,
+        maps[best],
+        affine[best],
+        {**{k: str(v) for k, v in inputs.items()}, **attrs},
+        calibration=_calibration_of_file(inputs.get("data")),
+    )
     png = out.with_suffix(".png")
     data_name = Path(str(inputs.get("data", out))).name
     if truth is not None:

@@ -325,6 +325,10 @@ def _open_hdf5(path: Path, dataset: str | None) -> Dataset4D:
         arr = f[name]
         labels = _hdf5_labels(f, arr)
         attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+        if "calibration" not in attrs and _is_emd_array(arr.parent) and arr.ndim == 4:
+            cal = _emd_calibration(arr.parent)
+            if cal is not None:
+                attrs["calibration"] = cal
         return Dataset4D(arr, path, labels=labels, attrs=attrs, closer=f.close, source=name)
     except EdgestemError:
         f.close()
@@ -350,6 +354,41 @@ def _hdf5_labels(f: Any, arr: Any) -> dict[str, np.ndarray]:
         if _is_emd_array(g) and g["data"].shape == tuple(arr.shape[:2]):
             labels[k] = np.asarray(g["data"][()])
     return labels
+
+
+def _emd_calibration(g: Any) -> list[dict[str, Any]] | None:
+    """Calibration of an EMD array from its dim vectors (step and units), None when all are pixels."""
+    axes = []
+    for n, default in enumerate(("Rx", "Ry", "Qx", "Qy")):
+        dim = g.get(f"dim{n}")
+        if dim is None or dim.ndim != 1 or dim.shape[0] < 2:
+            return None
+        v = np.asarray(dim[:2], dtype=float)
+        units = str(_decode_attr(dim.attrs.get("units", "pixels")) or "pixels")
+        axes.append(
+            {"name": str(_decode_attr(dim.attrs.get("name", default))), "scale": float(v[1] - v[0]), "units": units}
+        )
+    return axes if any(a["units"] != "pixels" or a["scale"] != 1.0 for a in axes) else None
+
+
+def calibration_of(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The (Rx, Ry, Qx, Qy) calibration a file carries: a list of four ``{name, scale, units}``, or None.
+
+    From edgestem's own ``calibration`` attribute (EMD dim vectors are read into it), or the axes
+    rosettasciio reports for detector formats. None when every axis is in pixels.
+    """
+    for key in ("calibration", "axes"):
+        axes = json_attr(attrs.get(key))
+        if isinstance(axes, list) and len(axes) == 4 and all(isinstance(a, dict) for a in axes):
+            out = []
+            for a, default in zip(axes, ("Rx", "Ry", "Qx", "Qy"), strict=True):
+                scale = a.get("scale")
+                units = a.get("units")
+                units = "pixels" if units in (None, "", "<undefined>", "Undefined") else str(units)
+                out.append({"name": str(a.get("name") or default), "scale": float(scale or 1.0), "units": units})
+            if any(a["units"] != "pixels" or a["scale"] != 1.0 for a in out):
+                return out
+    return None
 
 
 def _is_emd_array(g: Any) -> bool:
@@ -812,20 +851,25 @@ def hdf5_writer(
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["edgestem_version"] = __version__
-            _set_h5_attrs(f, attrs or {})
+            cal = calibration_of(attrs or {})
+            _set_h5_attrs(f, {**(attrs or {}), **({"calibration": cal} if cal else {})})
             yield HDF5Writer(f, shape, dtype)
             arrays = {"datacube": (f["data"], ("Rx", "Ry", "Qx", "Qy"))}
             if "labels" in f:
                 arrays.update({k: (f["labels"][k], ("Rx", "Ry")) for k in f["labels"]})
-            add_emd_tree(f, arrays)
+            add_emd_tree(f, arrays, cal)
 
 
-def add_emd_tree(f: Any, arrays: dict[str, tuple[Any, tuple[str, ...]]]) -> None:
+def add_emd_tree(
+    f: Any, arrays: dict[str, tuple[Any, tuple[str, ...]]], calibration: list[dict[str, Any]] | None = None
+) -> None:
     """Make an open HDF5 file also an EMD 1.0 file (what emdfile and py4DSTEM read), at no cost in space.
 
     Each of ``arrays`` (name -> (dataset, dimension names)) appears as an emdfile ``Array`` group
     ``/edgestem/<name>`` whose ``data`` is a hard link to the dataset (the bytes are stored once);
-    edgestem's own layout (``/data``, ``/labels``, ``/maps``) is unchanged.
+    edgestem's own layout (``/data``, ``/labels``, ``/maps``) is unchanged. ``calibration``
+    (:func:`calibration_of`) gives the dimension vectors their step and units (Rx, Ry, Qx, Qy in
+    order; scan-shaped arrays take the first two); without it every axis is in pixels.
     """
     import uuid
 
@@ -846,9 +890,13 @@ def add_emd_tree(f: Any, arrays: dict[str, tuple[Any, tuple[str, ...]]]) -> None
         if "units" not in dset.attrs:
             dset.attrs["units"] = ""
         for n, dim_name in enumerate(dims):
-            dim = g.create_dataset(f"dim{n}", data=np.arange(2))  # linear dims are stored by 2 samples
+            cal = calibration[n] if calibration is not None and n < len(calibration) and n < 4 else None
+            if dims[:2] != ("Rx", "Ry") or n >= 2 and dims[2:] != ("Qx", "Qy"):
+                cal = None  # not a scan or pattern axis (the affine's 2 x 2)
+            step, units = (cal["scale"], cal["units"]) if cal else (1.0, "pixels")
+            dim = g.create_dataset(f"dim{n}", data=np.array([0.0, step]))  # linear dims: 2 samples
             dim.attrs["name"] = dim_name
-            dim.attrs["units"] = "pixels"
+            dim.attrs["units"] = units
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")

@@ -632,3 +632,44 @@ def test_edgestem_hdf5_is_also_an_emd_file(tmp_path):
         assert f["edgestem/datacube/data"].id == f["data"].id  # a hard link, not a copy
     with open_4dstem(out) as ds:  # edgestem's own reading is unchanged
         assert ds.source == "data" and set(ds.labels) == set(LABEL_KEYS)
+
+
+def _calibrated_emd(path, x):
+    """A calibrated datacube as py4DSTEM writes it: EMD dim vectors with steps and units."""
+    with h5py.File(path, "w") as f:
+        f.attrs["emd_group_type"] = "file"
+        f.attrs["version_major"] = 1
+        f.attrs["version_minor"] = 0
+        root = f.create_group("root")
+        root.attrs["emd_group_type"] = "root"
+        root.attrs["python_class"] = "Root"
+        g = root.create_group("datacube")
+        g.attrs["emd_group_type"] = "array"
+        g.attrs["python_class"] = "DataCube"
+        g.create_dataset("data", data=x).attrs["units"] = "counts"
+        for n, (name, step, units) in enumerate([("R_x", 0.5, "nm"), ("R_y", 0.5, "nm"), ("Q_x", 0.02, "A^-1")]):
+            d = g.create_dataset(f"dim{n}", data=np.array([0.0, step]))
+            d.attrs["name"], d.attrs["units"] = name, units
+        d = g.create_dataset("dim3", data=np.array([0.0, 0.02]))
+        d.attrs["name"], d.attrs["units"] = "Q_y", "A^-1"
+    return path
+
+
+def test_calibration_is_read_and_carried_through(tmp_path):
+    """Scan step and reciprocal pixel of an EMD input survive `edgestem noise` into the EMD tree."""
+    emdfile = pytest.importorskip("emdfile")
+    from edgestem.config import NoiseConfig
+    from edgestem.data.io import calibration_of
+    from edgestem.data.noise import add_noise_to_file
+
+    x = np.random.default_rng(0).random((3, 4, 16, 16)).astype(np.float32)
+    src = _calibrated_emd(tmp_path / "cal.emd", x)
+    with open_4dstem(src) as ds:
+        cal = calibration_of(ds.attrs)
+    assert [(a["scale"], a["units"]) for a in cal] == [(0.5, "nm"), (0.5, "nm"), (0.02, "A^-1"), (0.02, "A^-1")]
+    out = add_noise_to_file(src, tmp_path / "n.h5", NoiseConfig(model="dose", dose=100), seed=1)
+    with open_4dstem(out) as ds:
+        assert calibration_of(ds.attrs) == cal
+    cube = emdfile.read(out, emdpath="edgestem/datacube")
+    assert cube.dims[0][1] == 0.5 and tuple(cube.dim_units) == ("nm", "nm", "A^-1", "A^-1")
+    assert calibration_of({"axes": [{"scale": 1.0, "units": "<undefined>"}] * 4}) is None  # pixels only
