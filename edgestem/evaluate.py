@@ -349,19 +349,22 @@ def write_result(
             results.setdefault("mae", {})[name] = strain_mae(m, truth, scored)
             results.setdefault("slope", {})[name] = regression_slope(m, truth)
     attrs = {"reference": reference or "all", "symmetry": symmetry or "none", "method": best}
+    calibration = _calibration_of_file(inputs.get("data"))
     write_maps(
         out,
         maps[best],
         affine[best],
         {**{k: str(v) for k, v in inputs.items()}, **attrs},
-        calibration=_calibration_of_file(inputs.get("data")),
+        calibration=calibration,
     )
     png = out.with_suffix(".png")
     data_name = Path(str(inputs.get("data", out))).name
+    shape = next(iter(maps[best].values())).shape
+    figure = {"reference": S.reference_mask(shape, scored) if scored is not None else None, "calibration": calibration}
     if truth is not None:
-        plot_comparison(maps[best], truth, png, title=f"{data_name}: {best} vs labels")
+        plot_comparison(maps[best], truth, png, title=f"{data_name}: {best} vs labels", **figure)
     else:
-        plot_maps(maps[best], png, title=f"{data_name}: {best}")
+        plot_maps(maps[best], png, title=f"{data_name}: {best}", **figure)
     report = stage_report(
         stage, inputs=inputs, outputs={"maps": out, "figure": png}, config=config, metrics=results, started=started
     )
