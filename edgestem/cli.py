@@ -365,13 +365,19 @@ def strain(
     ),
     refine: bool = typer.Option(False, "--refine", help="Per-pattern maximum-likelihood refinement after the encoder."),
     dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Strain, shear and rotation maps of a data file from a trained run (metrics when labelled)."""
+    from edgestem.data.io import open_4dstem
     from edgestem.evaluate import strain_from_run
     from edgestem.paths import check_maps_file
+    from edgestem.progress import progress_bar
 
     check_maps_file(out, [run, data])
-    res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset)
+    with open_4dstem(data, dataset) as ds:
+        n = ds.shape[0] * ds.shape[1]
+    with progress_bar("refining", n, enabled=refine and not quiet) as advance:
+        res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset, progress=advance)
     speed = ", ".join(f"{k} {v:.0f} patterns/s" for k, v in res["patterns_per_second"].items())
     typer.echo(f"wrote {out}: {res['patterns']} patterns ({speed})")
     _echo_mae(res)
@@ -390,6 +396,7 @@ def baseline(
     ),
     symmetry: str = typer.Option("auto", help="hex, square, none, or auto (from the file's attributes)."),
     dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Classical strain mapping (Bragg-disk detection + lattice fit), reported like `edgestem strain`."""
     from edgestem.evaluate import baseline_from_file
@@ -398,7 +405,13 @@ def baseline(
     if symmetry not in ("auto", "hex", "square", "none"):
         raise EdgestemError(f"--symmetry {symmetry!r}: choose hex, square, none or auto")
     check_maps_file(out, [data])
-    res = baseline_from_file(data, out, reference=ref, dataset=dataset, symmetry=symmetry)
+    from edgestem.data.io import open_4dstem
+    from edgestem.progress import progress_bar
+
+    with open_4dstem(data, dataset) as ds:
+        rows = ds.shape[0]
+    with progress_bar("fitting Bragg disks", rows, enabled=not quiet) as advance:
+        res = baseline_from_file(data, out, reference=ref, dataset=dataset, symmetry=symmetry, progress=advance)
     typer.echo(
         f"wrote {out}: {res['patterns']} patterns ({res['patterns_per_second']['classical']:.0f} patterns/s), "
         f"{res['failed']} failed fits"

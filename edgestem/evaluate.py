@@ -110,7 +110,7 @@ def aligned_mean(raw: np.ndarray, A: np.ndarray, batch: int = 512) -> np.ndarray
     return total / len(raw)
 
 
-def refine_from_encoder(raw: np.ndarray, A: np.ndarray) -> np.ndarray:
+def refine_from_encoder(raw: np.ndarray, A: np.ndarray, progress: Any = None) -> np.ndarray:
     """Per-pattern Poisson maximum-likelihood refinement started from the encoder's estimates.
 
     The encoder's maps are relative to its learned dictionary, so the refinement's template is built
@@ -119,7 +119,7 @@ def refine_from_encoder(raw: np.ndarray, A: np.ndarray) -> np.ndarray:
     """
     from edgestem.refine import refine_dataset
 
-    A_ref, _, _ = refine_dataset(raw, aligned_mean(raw, A), A)
+    A_ref, _, _ = refine_dataset(raw, aligned_mean(raw, A), A, progress=progress)
     return A_ref
 
 
@@ -167,6 +167,7 @@ def strain_from_run(
     reference: str | None = None,
     refine: bool = False,
     dataset: str | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """``edgestem strain``: strain maps of a data file from a trained run, with metrics when labelled.
 
@@ -199,7 +200,7 @@ def strain_from_run(
     timings = {"encoder": len(A) / max(encoder_seconds, 1e-9)}
     if refine:
         t0 = time.perf_counter()
-        methods["refined"] = refine_from_encoder(d.raw, A)
+        methods["refined"] = refine_from_encoder(d.raw, A, progress=progress)
         timings["refined"] = len(A) / max(time.perf_counter() - t0, 1e-9)
     results: dict[str, Any] = {"patterns": len(A), "patterns_per_second": timings, "symmetry": symmetry}
     if notes:
@@ -373,7 +374,12 @@ def write_result(
 
 
 def baseline_from_file(
-    data: Any, out: Any, reference: str | None = None, dataset: str | None = None, symmetry: str = "auto"
+    data: Any,
+    out: Any,
+    reference: str | None = None,
+    dataset: str | None = None,
+    symmetry: str = "auto",
+    progress: Any = None,
 ) -> dict[str, Any]:
     """``edgestem baseline``: classical Bragg-disk strain maps of a data file, reported like ``strain``.
 
@@ -395,7 +401,7 @@ def baseline_from_file(
             raise EdgestemError(str(exc)) from None
         # "auto": the file's lattice attributes, else classical_strain infers the symmetry from the data.
         sym = symmetry_of(ds.attrs, load_config(None, {"model.symmetry": symmetry}))
-        res = classical_strain(ds, reference=reference, symmetry=sym)
+        res = classical_strain(ds, reference=reference, symmetry=sym, progress=progress)
         labels = dict(ds.labels)
     sym = {6: "hex", 4: "square"}.get(int(res.symmetry), int(res.symmetry))
     results: dict[str, Any] = {
