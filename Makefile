@@ -1,7 +1,7 @@
 # The two set-up commands of README.md. Each creates .venv from nothing when needed.
 .PHONY: demo test test-slow lint clean
 
-demo:          ## simulate -> info -> plots on built-in simulated data (runs/demo/)
+demo:          ## the whole pipeline of configs/demo.yaml (simulate ... firmware, report), then info and plots (runs/demo/)
 	scripts/demo.sh
 
 test:          ## install and run the fast test suite

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,48 @@ def _check_dir(path: Path) -> None:
         raise EdgestemError(f"output directory {parent} is not writable; choose a writable path")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: unwinds like Ctrl-C, so every temporary file is removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_received: int | None = None  # the signal that arrived, kept even if its exception was swallowed
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _received
+    _received = signum
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM unwinds like SIGINT; both are remembered, so an interrupt that a library swallows
+    (an exception raised inside a weakref callback is only printed) still stops the next commit."""
+    global _received
+    _received = None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave the defaults
+            signal.signal(sig, _on_signal)
+
+
+def received_signal() -> int | None:
+    """The signal received since :func:`install_signal_handlers` (None: none)."""
+    return _received
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived, even one whose exception was swallowed."""
+    if _received is not None:
+        raise Interrupted(_received)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -40,10 +83,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
     try:
         yield tmp_path
+        check_interrupted()  # never commit after an interrupt, even one a library swallowed
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # name the output, not an unnamed write inside the library
         raise
 
 

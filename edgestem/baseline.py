@@ -1030,9 +1030,11 @@ def classical_strain(
     if not (valid & ref_mask).any():
         raise DataError("no pattern of the reference region could be fitted; choose another reference region")
     fill = np.median(a_all[valid], axis=0)
-    maps = S.strain_from_affine(
-        np.where(valid[..., None, None], a_all, fill), reference=ref_mask & valid, symmetry=fold
-    )
+    a_filled = np.where(valid[..., None, None], a_all, fill)
+    # "grain:x,y": the fitted orientations give the grain (ref_mask held only its seed so far)
+    grain = S.resolve_reference(a_filled, reference, fold) if isinstance(reference, str) else None
+    ref_final = grain if isinstance(grain, np.ndarray) else ref_mask
+    maps = S.strain_from_affine(a_filled, reference=ref_final & valid, symmetry=fold)
     maps = {k: np.where(valid, v, np.nan) for k, v in maps.items()}
     elapsed = time.perf_counter() - t0
     return BaselineResult(

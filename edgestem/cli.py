@@ -6,6 +6,7 @@ inside the command that needs them (tested in tests/test_cli.py).
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import time
@@ -35,19 +36,81 @@ DatasetOpt = typer.Option(None, "--dataset", help="Array inside the file (HDF5 p
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
+def _command_name(fn: Callable[..., Any]) -> str:
+    """The name the user typed (``config``, ``run``), not the Python function's."""
+    for command in app.registered_commands:
+        if getattr(command.callback, "__wrapped__", None) is fn:
+            return command.name or fn.__name__.replace("_", "-")
+    return fn.__name__.replace("_", "-")
+
+
+# Environment faults met while reading or writing files: one line each, never a traceback.
+_OS_ERRORS = {
+    "ENOSPC": "no space left on the device; free space or write to another disk",
+    "EDQUOT": "disk quota exceeded; free space or write to another disk",
+    "EROFS": "read-only file system; choose a writable path",
+    "EACCES": "permission denied; choose a path you may write",
+    "EPERM": "operation not permitted; choose a path you may write",
+    "EISDIR": "is a directory; give a file name",
+    "ENOTDIR": "a part of the path is not a directory",
+    "ENAMETOOLONG": "file name too long",
+    "EFBIG": "file too large for this file system",
+    "EIO": "input/output error on the device",
+    "EMFILE": "too many open files",
+    "ENOENT": "no such file or directory",
+}
+# A file failed to write (disk full, I/O error): HDF5 may hold a file it could not close, and its
+# exit handlers then crash (a segfault); main() ends such a process directly, its output removed.
+_HARD_EXIT = {"needed": False}
+
+
+def _os_error_message(exc: OSError) -> str | None:
+    name = errno.errorcode.get(exc.errno or -1)
+    if name not in _OS_ERRORS:
+        return None
+    where = exc.filename or exc.filename2
+    if where is None:  # h5py puts the file name in its message only
+        import re
+
+        m = re.search(r"filename = '([^']+)'", str(exc))
+        where = m.group(1) if m else None
+    if where is not None:
+        # name the output, not its temporary file (.NAME.tmp-XXXX.ext, removed on the way out)
+        import re
+
+        where = re.sub(r"(^|/)\.([^/]+)\.tmp-[^/.]+(\.[^/]*)?$", r"\1\2\3", str(where))
+    text = _OS_ERRORS[name]
+    return f"{where}: {text}; nothing was kept" if where else f"{text}; nothing was kept"
+
+
 def _user_errors(fn: F) -> F:
-    """Print user errors (bad data, config, missing tools) as one line on stderr and exit non-zero."""
+    """Print user errors (bad data, config, missing tools, disk full, interrupts) as one line on stderr."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgestem.atomic import Interrupted, received_signal
+
+        name = _command_name(fn)
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if received_signal() is not None:  # a library swallowed the interrupt: still report it
+                raise Interrupted(received_signal())  # type: ignore[arg-type]
+            return result
         except EdgestemError as exc:
-            typer.echo(f"edgestem {fn.__name__}: error: {exc}", err=True)
+            typer.echo(f"edgestem {name}: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo(f"edgestem {fn.__name__}: interrupted; no partial output was kept", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            how = "terminated" if code == 143 else "interrupted"
+            typer.echo(f"edgestem {name}: {how}; no partial output was kept", err=True)
+            raise typer.Exit(code) from None
+        except OSError as exc:
+            msg = _os_error_message(exc)
+            if msg is None:
+                raise
+            _HARD_EXIT["needed"] |= exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+            typer.echo(f"edgestem {name}: error: {msg}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -80,6 +143,26 @@ def _sidecar(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def _check_scan_fits(out: Path, scan: tuple[int, int], size: int) -> None:
+    """Refuse a scan whose output cannot fit on the disk, or whose labels and row blocks cannot fit in memory."""
+    from edgestem.paths import check_memory, check_space
+
+    rx, ry = scan
+    check_space(
+        out,
+        4.0 * rx * ry * size * size,
+        f"a {rx}x{ry} scan of {size}x{size} px patterns (float32)",
+        "free space, choose another disk, or make --scan or --size smaller",
+    )
+    # labels, deformation gradients and coordinates (about 20 float64 per position), and the
+    # rendering of one scan row (a few float64 copies of its patterns)
+    check_memory(
+        160.0 * rx * ry + 32.0 * ry * size * size,
+        f"a {rx}x{ry} scan of {size}x{size} px patterns",
+        "make --scan or --size smaller",
+    )
+
+
 @app.command()
 @_user_errors
 def simulate(
@@ -97,10 +180,14 @@ def simulate(
     """Simulate a 4D-STEM scan with known strain and rotation labels (kinematic diffraction)."""
     from edgestem.atomic import write_json
     from edgestem.config import load_config
+    from edgestem.data.io import check_writable_format
     from edgestem.data.simulate import simulate_to_file
+    from edgestem.paths import check_output_file
     from edgestem.progress import progress_bar
     from edgestem.runinfo import stage_report
 
+    check_output_file(out, [config], extra=[_sidecar(out)])
+    check_writable_format(out, labels=True)
     t0 = time.perf_counter()
     cfg = load_config(
         config,
@@ -113,6 +200,7 @@ def simulate(
             **_noise_overrides(noise_w, dose),
         },
     )
+    _check_scan_fits(out, cfg.simulate.scan, cfg.simulate.size)
     n_rows = cfg.simulate.scan[0]
     with progress_bar("simulating", n_rows, enabled=not quiet) as advance:
         simulate_to_file(cfg, out, progress=advance)
@@ -138,12 +226,17 @@ def noise(
     quiet: bool = QuietOpt,
 ) -> None:
     """Add seeded noise (background weight w or dose-limited Poisson) to an existing file."""
+    import numpy as np
+
     from edgestem.atomic import write_json
     from edgestem.config import load_config
+    from edgestem.data.io import check_writable_format
     from edgestem.data.noise import add_noise_to_file, describe
+    from edgestem.paths import check_output_file, check_space
     from edgestem.progress import progress_bar
     from edgestem.runinfo import stage_report
 
+    check_output_file(out, [data, config], extra=[_sidecar(out)])
     t0 = time.perf_counter()
     cfg = load_config(config, {"seed": seed, **_noise_overrides(noise_w, dose, read_noise)})
     if cfg.noise.model == "none" and not cfg.noise.read_noise and not cfg.noise.hot_pixels:
@@ -152,6 +245,8 @@ def noise(
 
     with open_4dstem(data, dataset) as ds:
         rows = ds.shape[0]
+        check_writable_format(out, labels=bool(ds.labels))
+        check_space(out, 4.0 * float(np.prod(ds.shape)), f"the noisy copy of {data}")
     with progress_bar("adding noise", rows, enabled=not quiet) as advance:
         add_noise_to_file(data, out, cfg.noise, cfg.seed, progress=advance, dataset=dataset)
     write_json(
@@ -213,8 +308,10 @@ def plot(
     quiet: bool = QuietOpt,
 ) -> None:
     """Plot the mean pattern, a few patterns and the label maps of a data file."""
+    from edgestem.paths import check_output_dir
     from edgestem.report import plot_dataset
 
+    check_output_dir(out, [file], writes=["patterns.png", "labels.png", "plot.json"])
     written = plot_dataset(file, out, dataset=dataset, progress=not quiet)
     for p in written:
         typer.echo(f"wrote {p}")
@@ -234,13 +331,17 @@ def train(
 ) -> None:
     """Train the float CC-ST-AE without labels (cycle-consistent loss); checkpoints every epoch."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.rundir import config_path
     from edgestem.train import train as train_run
 
+    check_output_dir(out, [data, config], writes=["checkpoint.pt", "train.json"])
     overrides = {"train.epochs": epochs, "seed": seed}
     # Resuming without --config continues with the run's own resolved config.
     saved = config_path(out)
     cfg = load_config(saved if resume and config is None and saved.is_file() else config, overrides)
+    if resume and saved.is_file():
+        _note_ignored(load_config(saved), cfg, "train")
     if epochs is not None:  # --epochs replaces a budget in steps
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": None})})
     report = _with_bar(
@@ -280,15 +381,26 @@ def strain(
     data: Path = typer.Option(..., "--data", "-d", help="Data file to map."),
     out: Path = typer.Option(..., "--out", "-o", help="Output maps file (HDF5); also <out>.json and .png."),
     ref: str | None = typer.Option(
-        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+        None,
+        "--ref",
+        help="Reference region 'x0:x1,y0:y1' (scan positions), or 'grain:x,y': the grain around that position. "
+        "[default: all]",
     ),
     refine: bool = typer.Option(False, "--refine", help="Per-pattern maximum-likelihood refinement after the encoder."),
     dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Strain, shear and rotation maps of a data file from a trained run (metrics when labelled)."""
+    from edgestem.data.io import open_4dstem
     from edgestem.evaluate import strain_from_run
+    from edgestem.paths import check_maps_file
+    from edgestem.progress import progress_bar
 
-    res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset)
+    check_maps_file(out, [run, data])
+    with open_4dstem(data, dataset) as ds:
+        n = ds.shape[0] * ds.shape[1]
+    with progress_bar("refining", n, enabled=refine and not quiet) as advance:
+        res = strain_from_run(run, data, out, reference=ref, refine=refine, dataset=dataset, progress=advance)
     speed = ", ".join(f"{k} {v:.0f} patterns/s" for k, v in res["patterns_per_second"].items())
     typer.echo(f"wrote {out}: {res['patterns']} patterns ({speed})")
     left = res.get("refine", {})
@@ -308,17 +420,29 @@ def baseline(
     data: Path = typer.Option(..., "--data", "-d", help="Data file to map."),
     out: Path = typer.Option(..., "--out", "-o", help="Output maps file (HDF5); also <out>.json and .png."),
     ref: str | None = typer.Option(
-        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+        None,
+        "--ref",
+        help="Reference region 'x0:x1,y0:y1' (scan positions), or 'grain:x,y': the grain around that position. "
+        "[default: all]",
     ),
     symmetry: str = typer.Option("auto", help="hex, square, none, or auto (from the file's attributes)."),
     dataset: str | None = DatasetOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Classical strain mapping (Bragg-disk detection + lattice fit), reported like `edgestem strain`."""
     from edgestem.evaluate import baseline_from_file
+    from edgestem.paths import check_maps_file
 
     if symmetry not in ("auto", "hex", "square", "none"):
         raise EdgestemError(f"--symmetry {symmetry!r}: choose hex, square, none or auto")
-    res = baseline_from_file(data, out, reference=ref, dataset=dataset, symmetry=symmetry)
+    check_maps_file(out, [data])
+    from edgestem.data.io import open_4dstem
+    from edgestem.progress import progress_bar
+
+    with open_4dstem(data, dataset) as ds:
+        rows = ds.shape[0]
+    with progress_bar("fitting Bragg disks", rows, enabled=not quiet) as advance:
+        res = baseline_from_file(data, out, reference=ref, dataset=dataset, symmetry=symmetry, progress=advance)
     typer.echo(
         f"wrote {out}: {res['patterns']} patterns ({res['patterns_per_second']['classical']:.0f} patterns/s), "
         f"{res['failed']} failed fits"
@@ -328,10 +452,24 @@ def baseline(
 
 def _echo_mae(res: dict[str, Any]) -> None:
     """One line of MAE per method (strain in %, theta in degrees), when the data had labels."""
+    for note in res.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
     for name, mae in res.get("mae", {}).items():
         typer.echo(
             f"  {name:9s} MAE exx {mae['exx']:.3f} %, eyy {mae['eyy']:.3f} %, exy {mae['exy']:.3f} %, "
             f"theta {mae['theta']:.3f} deg"
+        )
+
+
+def _note_ignored(saved: Any, given: Any, command: str) -> None:
+    """Say which given options a resumed run ignores (it continues with its own config)."""
+    from edgestem.config import config_diff
+
+    changed = [d for d in config_diff(saved, given) if not d.startswith(f"{command}.epochs ")]
+    if changed:
+        typer.echo(
+            f"edgestem {command}: note: --resume continues with the run's own config; ignored: " + "; ".join(changed),
+            err=True,
         )
 
 
@@ -382,8 +520,12 @@ def qat(
     """Quantization-aware training (Brevitas, power-of-two scales) from a float run, into RUN/qat/."""
     from edgestem.compress.quantize import qat_run
     from edgestem.config import load_config
+    from edgestem.export.qonnx import require
+    from edgestem.paths import check_output_dir
     from edgestem.rundir import CONFIG, QAT_DIR, config_path
 
+    check_output_dir(out or run / QAT_DIR, [run, data, eval_data, config], writes=["checkpoint.pt", "train.json"])
+    require("brevitas")  # before any work: a missing extra is one line, as for firmware and sweep
     source = config if config is not None else config_path(run)
     if config is None and not source.is_file():
         raise EdgestemError(f"{run}: not a run directory (no {CONFIG}); train first (edgestem train --out {run})")
@@ -490,8 +632,11 @@ def prune(
     """Magnitude pruning (per-layer weights or whole channels) with fine-tuning, into RUN/prune/."""
     from edgestem.compress.prune import prune_run
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.rundir import PRUNE_DIR, config_path
 
+    reads = [run, run / "qat" if (run / "qat").is_dir() else None, data, config]
+    check_output_dir(out or run / "prune", reads, writes=["checkpoint.pt", "train.json"])
     if config is None:  # resuming: the pruning run's own config; else the source run's
         candidates = ([config_path(out or run / PRUNE_DIR)] if resume else []) + [config_path(run)]
         config = next((p for p in candidates if p.is_file()), None)
@@ -535,21 +680,28 @@ def emulate(
         False, "--check", help="Compare raw outputs with the Brevitas reference; exit 1 on any difference."
     ),
     ref: str | None = typer.Option(
-        None, "--ref", help="Reference region 'x0:x1,y0:y1' (scan positions). [default: all]"
+        None,
+        "--ref",
+        help="Reference region 'x0:x1,y0:y1' (scan positions), or 'grain:x,y': the grain around that position. "
+        "[default: all]",
     ),
     dataset: str | None = DatasetOpt,
 ) -> None:
     """Strain maps through one backend (float, Brevitas, QONNX, ONNX Runtime, hls4ml C++, FINN), like `strain`."""
+    from edgestem.config import load_config
     from edgestem.data.noise import noise_at
     from edgestem.emulate import emulate as emulate_run
+    from edgestem.paths import check_maps_file
     from edgestem.rundir import emulate_path, trained_on
 
     if noise_w is not None and dose is not None:
         raise EdgestemError("give either --noise-w or --dose, not both")
+    load_config(None, _noise_overrides(noise_w, dose))  # validates the level (dose > 0, 0 <= w <= 1)
     noise = noise_at("w", noise_w) if noise_w is not None else noise_at("dose", dose) if dose is not None else None
     if data is None:
         data = trained_on(run)
     out = out or emulate_path(run, backend)
+    check_maps_file(out, [run, data])
     out.parent.mkdir(parents=True, exist_ok=True)
     res = emulate_run(run, backend, data, out, noise=noise, check=check, reference=ref, dataset=dataset)
     speed = res["patterns_per_second"][backend]
@@ -577,7 +729,10 @@ def synth_report(
 ) -> None:
     """Summarise HLS, Vivado and FINN reports: latency, II, LUT/FF/DSP/BRAM, slack, utilisation."""
     from edgestem.firmware.synth_report import format_table, synth_report
+    from edgestem.paths import check_output_file
 
+    if json_out is not None:
+        check_output_file(json_out, [run], option="--json")
     res = synth_report(run, board=board, json_out=json_out, yosys=yosys)
     where = "" if res["board"] is None else f" on {res['board']['name']} ({res['board']['part']})"
     typer.echo(f"synthesis reports of {run}{where}:")
@@ -597,9 +752,12 @@ def budget(
     json_out: Path | None = typer.Option(None, "--json", help="Output JSON. [default: RUN/budget.json]"),
 ) -> None:
     """Does the encoder keep up with the detector? Speed-up, FINN folding or hls4ml reuse factor needed."""
+    from edgestem.paths import check_output_file
     from edgestem.targets.budget import budget as run_budget
     from edgestem.targets.budget import format_budget
 
+    if json_out is not None:
+        check_output_file(json_out, [run], option="--json")
     res = run_budget(run, detector=detector, board=board, clock_ns=clock_ns, json_out=json_out)
     typer.echo(format_budget(res))
     typer.echo(f"wrote {res['json']}")
@@ -614,8 +772,10 @@ def robustness(
 ) -> None:
     """Train-noise x test-noise grid with seeds: tidy table, heatmaps, error-vs-noise curves."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.robustness import grid_markdown, run_study
 
+    check_output_dir(out, [config])
     res = run_study(load_config(config), out, resume=resume, log=lambda line: typer.echo(line, err=True))
     cells = res["summary"]["cells"]
     typer.echo(f"wrote {out}: {cells['ok']} cells, {cells['failed']} failed; results.csv, figures/, robustness.json")
@@ -639,10 +799,12 @@ def report(
 ) -> None:
     """Degradation table: strain MAE per noise level for float, QAT, pruned, QONNX, firmware and classical."""
     from edgestem.degradation import degradation, write_report
+    from edgestem.paths import check_output_dir
 
     levels = _eval_levels(noise_w, dose) or _eval_levels("0,0.1,0.25,0.5,0.7", None)
     if data is None:
         data = _clean_data_of(run)
+    check_output_dir(out or run / "report", [run, data], writes=["report.json", "report.md", "report.png"])
     res = _with_bar(
         "report",
         quiet,
@@ -687,8 +849,10 @@ def run_all(
 ) -> None:
     """The whole pipeline: simulate -> noise -> train -> qat -> [prune] -> export -> firmware -> emulate -> report."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.pipeline import run_pipeline
 
+    check_output_dir(out, [config])
     cfg = load_config(config)
     t0 = time.perf_counter()
     steps = [s.strip() for s in only.split(",")] if only else None
@@ -796,8 +960,12 @@ def sweep(
 ) -> None:
     """Optuna hyper-parameter search; objective: strain MAE at one test noise level (many workers may share it)."""
     from edgestem.config import load_config
+    from edgestem.paths import check_output_dir
     from edgestem.sweep import run_sweep
 
+    for folder, option in ((report, "--report"), (workdir, "--workdir")):
+        if folder is not None:
+            check_output_dir(folder, [config], option=option)
     res = run_sweep(load_config(config), storage, n_trials, report=report, workdir=workdir, log=typer.echo)
     best = res["best"]
     counts = ", ".join(f"{n} {state}" for state, n in res["trials"].items())
@@ -824,8 +992,20 @@ def show_config(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: SIGTERM unwinds like Ctrl-C (temporary files removed)."""
+    import os
+
+    from edgestem.atomic import install_signal_handlers
+
+    install_signal_handlers()
+    try:
+        app()
+    except SystemExit as exc:
+        if _HARD_EXIT["needed"]:  # after a failed HDF5 close, the library's exit handlers would segfault
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 2)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

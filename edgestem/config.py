@@ -11,16 +11,40 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgestem.errors import ConfigError
 from edgestem.registry import EMULATORS, FIRMWARE, Registry
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys and wrong types are errors."""
+def _allows_bool(ann: Any) -> bool:
+    import typing
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    return ann is bool or ann is Any or any(_allows_bool(a) for a in typing.get_args(ann))
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys, wrong types, inf and NaN are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads `epochs: true` as 1; a yes/no where a number belongs is a mistake
+        if isinstance(v, bool) and info.field_name is not None:
+            ann = cls.model_fields[info.field_name].annotation
+            if not _allows_bool(ann):
+                raise ValueError(f"expected {_type_name(ann).replace('`', '')}, got {str(v).lower()}")
+        return v
 
 
 class LatticeConfig(Section):
@@ -80,11 +104,13 @@ class NoiseConfig(Section):
     w: float = Field(
         0.0, ge=0, le=1, description="background: weight of the Lorentzian background, I = (1-w) DP + w B."
     )
-    counts_per_probe: float = Field(1e5, gt=0, description="background: electrons per pattern for the Poisson draw.")
+    counts_per_probe: float = Field(
+        1e5, gt=0, le=1e15, description="background: electrons per pattern for the Poisson draw."
+    )
     background_hwhm_px: float = Field(
         2.0, gt=0, description="background: half width at half maximum of the Lorentzian, pixels."
     )
-    dose: float = Field(1e4, gt=0, description="dose: electrons per pattern.")
+    dose: float = Field(1e4, gt=0, le=1e15, description="dose: electrons per pattern.")
     read_noise: float = Field(
         0.0, ge=0, description="Gaussian detector read noise, standard deviation in counts (after Poisson)."
     )
@@ -478,22 +504,55 @@ class Config(Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
+def _format_error(exc: ValidationError, source: str, overrides: dict[str, Any] | None = None) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "<root>"
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     else:
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if key in given:  # a command-line option, not the file (nor the defaults)
+        return f"option value {key} = {given[key]!r}: {msg}{more}"
     return f"config error in {source}: {key}: {msg}{more}"
 
 
-def _parse(data: dict[str, Any], source: str) -> Config:
+def _parse(data: dict[str, Any], source: str, overrides: dict[str, Any] | None = None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
+        raise ConfigError(_format_error(exc, source, overrides)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def config_diff(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ, as ``"key a -> b"`` (for resume notes)."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    keys = sorted(set(fa) | set(fb))
+    return [f"{k} {fb.get(k)!r} (the run's: {fa.get(k)!r})" for k in keys if fa.get(k) != fb.get(k)]
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -510,7 +569,11 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
         if not p.is_file():
             raise ConfigError(f"config file {p} not found; pass an existing YAML file (see configs/)")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+        except ConfigError as exc:
+            raise ConfigError(f"config file {p}, {exc}; keep one") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -531,7 +594,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
                 raise ConfigError(f"config error in {source}: {part} must be a mapping")
             node = nxt
         node[parts[-1]] = value
-    return _parse(data, source)
+    return _parse(data, source, overrides)
 
 
 def dump_config(cfg: Config) -> str:

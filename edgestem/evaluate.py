@@ -110,7 +110,9 @@ def aligned_mean(raw: np.ndarray, A: np.ndarray, batch: int = 512) -> np.ndarray
     return total / len(raw)
 
 
-def refine_with_fallback(raw: np.ndarray, A: np.ndarray, steps: int = 12) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def refine_with_fallback(
+    raw: np.ndarray, A: np.ndarray, steps: int = 12, progress: Any = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-pattern Poisson maximum-likelihood refinement started from the encoder's estimates.
 
     The encoder's maps are relative to its learned dictionary, so the refinement's template is built
@@ -126,7 +128,7 @@ def refine_with_fallback(raw: np.ndarray, A: np.ndarray, steps: int = 12) -> tup
     reasons = []
     for name, template in (("the encoder-aligned mean", aligned_mean(raw, A)), ("the mean", None)):
         try:
-            A_ref, info, _ = refine_dataset(raw, template, A, steps=steps)
+            A_ref, info, _ = refine_dataset(raw, template, A, steps=steps, progress=progress)
             return A_ref, info
         except ValueError as exc:
             reasons.append(f"{name} pattern: {exc}")
@@ -137,19 +139,26 @@ def refine_with_fallback(raw: np.ndarray, A: np.ndarray, steps: int = 12) -> tup
     )
 
 
-def refine_from_encoder(raw: np.ndarray, A: np.ndarray) -> np.ndarray:
+def refine_from_encoder(raw: np.ndarray, A: np.ndarray, progress: Any = None) -> np.ndarray:
     """The refined affine maps of :func:`refine_with_fallback` (N, 2, 2)."""
-    return refine_with_fallback(raw, A)[0]
+    return refine_with_fallback(raw, A, progress=progress)[0]
 
 
-def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dict[str, Any]) -> None:
-    """Strain maps file (HDF5, atomic): ``/maps/<component>`` (Rx, Ry), ``/affine`` (Rx, Ry, 2, 2)."""
+def write_maps(
+    path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dict[str, Any], calibration: Any = None
+) -> None:
+    """Strain maps file (HDF5, atomic): ``/maps/<component>`` (Rx, Ry), ``/affine`` (Rx, Ry, 2, 2).
+
+    ``calibration`` (:func:`edgestem.data.io.calibration_of` of the input) is kept as an attribute
+    and gives the EMD tree's scan axes their step and units.
+    """
     import json
 
     import h5py
 
     from edgestem import __version__
     from edgestem.atomic import atomic_path
+    from edgestem.data.io import add_emd_tree
 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["edgestem_version"] = __version__
@@ -160,6 +169,16 @@ def write_maps(path: Any, maps: dict[str, np.ndarray], A: np.ndarray, attrs: dic
             g.create_dataset(k, data=np.asarray(maps[k], dtype=np.float64))
         g.attrs["units"] = json.dumps({"exx": "fraction", "eyy": "fraction", "exy": "fraction", "theta": "degree"})
         f.create_dataset("affine", data=np.asarray(A, dtype=np.float64))
+        for k in COMPONENTS:
+            g[k].attrs["units"] = "degree" if k == "theta" else "fraction"
+        # also an EMD 1.0 file: emdfile / py4DSTEM read the maps as Arrays
+        if calibration:
+            f.attrs["calibration"] = json.dumps(calibration)
+        add_emd_tree(
+            f,
+            {**{k: (g[k], ("Rx", "Ry")) for k in COMPONENTS}, "affine": (f["affine"], ("Rx", "Ry", "i", "j"))},
+            calibration,
+        )
 
 
 def strain_from_run(
@@ -169,6 +188,7 @@ def strain_from_run(
     reference: str | None = None,
     refine: bool = False,
     dataset: str | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """``edgestem strain``: strain maps of a data file from a trained run, with metrics when labelled.
 
@@ -184,6 +204,7 @@ def strain_from_run(
     stage = open_stage(run)
     model, cfg = stage.model, stage.cfg
     d = stage.read(data, dataset, reference)
+    notes = [n for n in [pattern_shape_note(stage.state, d.raw.shape[-2:], cfg)] if n]
     symmetry = stage.symmetry(d)
     t0 = time.perf_counter()
     A = predict_affine(model, d.x)
@@ -192,12 +213,14 @@ def strain_from_run(
     timings = {"encoder": len(A) / max(encoder_seconds, 1e-9)}
     if refine:
         t0 = time.perf_counter()
-        methods["refined"], info = refine_with_fallback(d.raw, A)
+        methods["refined"], info = refine_with_fallback(d.raw, A, progress=progress)
         timings["refined"] = len(A) / max(time.perf_counter() - t0, 1e-9)
     results: dict[str, Any] = {"patterns": len(A), "patterns_per_second": timings, "symmetry": symmetry}
     if refine:
         open_ = np.flatnonzero(~np.asarray(info["converged"], bool).ravel())
         results["refine"] = {"not_converged": int(len(open_)), "not_converged_first": open_[:20].tolist()}
+    if notes:
+        results["notes"] = notes
     maps = {name: maps_from_affine(Am, d.scan_shape, reference, symmetry) for name, Am in methods.items()}
     best = "refined" if refine else "encoder"
     return write_result(
@@ -213,6 +236,25 @@ def strain_from_run(
         inputs={"run": run, "data": data},
         config=cfg,
         started=t_start,
+    )
+
+
+def pattern_shape_note(state: dict[str, Any], shape: tuple[int, ...], cfg: Any) -> str | None:
+    """One line when ``shape`` (the data's patterns) differs from the run's training patterns, else None.
+
+    The pre-processing crops and bins any pattern to the model's size, so such data run without
+    error; the user should still know their patterns were binned differently from training.
+    """
+    from edgestem.data.preprocess import geometry
+
+    trained = state.get("data", {}).get("pattern_shape")
+    if not trained or tuple(trained) == tuple(shape):
+        return None
+    g_now, g_then = geometry(tuple(shape), cfg.preprocess), geometry(tuple(trained), cfg.preprocess)
+    return (
+        f"patterns of {shape[0]}x{shape[1]} px (the run was trained on {trained[0]}x{trained[1]} px) are "
+        f"cropped to {g_now.x1 - g_now.x0} px and binned {g_now.bin}x (training: {g_then.bin}x) to the model's "
+        f"{cfg.preprocess.size} px"
     )
 
 
@@ -250,6 +292,36 @@ def compare_models(
     return rows
 
 
+def reference_note(A: np.ndarray, reference: str | None, symmetry: str | None) -> str | None:
+    """One line when the reference region holds several lattice orientations (grains), else None."""
+    groups = S.reference_orientations(A, reference, symmetry)
+    if len(groups) < 2:
+        return None
+    where = f"--ref {reference}" if reference else "the reference (the whole scan)"
+    parts = ", ".join(
+        f"{g['theta']:+.1f} deg ({100 * g['fraction']:.0f} %, e.g. at {g['at'][0]},{g['at'][1]})" for g in groups
+    )
+    big = max(groups, key=lambda g: g["fraction"])["at"]
+    return (
+        f"{where} spans {len(groups)} lattice orientations: {parts}; its median lattice belongs to none of them, "
+        f"so strain and rotation are offset; give a region inside one grain or --ref grain:{big[0]},{big[1]}"
+    )
+
+
+def _calibration_of_file(path: Any) -> Any:
+    """The calibration of a data file (None when it has none or cannot be opened without --dataset)."""
+    if path is None:
+        return None
+    from edgestem.data.io import calibration_of, open_4dstem
+    from edgestem.errors import EdgestemError
+
+    try:
+        with open_4dstem(path) as ds:
+            return calibration_of(ds.attrs)
+    except EdgestemError:
+        return None
+
+
 def write_result(
     stage: str,
     out: Any,
@@ -275,19 +347,33 @@ def write_result(
     from edgestem.runinfo import stage_report
 
     out = Path(out)
-    truth = label_maps(labels, reference, symmetry) if set(COMPONENTS) <= set(labels) else None
+    note = reference_note(affine[best], reference, symmetry)
+    if note:
+        results.setdefault("notes", []).append(note)
+    # "grain:x,y" once, from the mapped orientations, so labels and metrics use the same positions
+    scored = S.resolve_reference(affine[best], reference, symmetry) if isinstance(reference, str) else reference
+    truth = label_maps(labels, scored, symmetry) if set(COMPONENTS) <= set(labels) else None
     if truth is not None:
         for name, m in maps.items():
-            results.setdefault("mae", {})[name] = strain_mae(m, truth, reference)
+            results.setdefault("mae", {})[name] = strain_mae(m, truth, scored)
             results.setdefault("slope", {})[name] = regression_slope(m, truth)
     attrs = {"reference": reference or "all", "symmetry": symmetry or "none", "method": best}
-    write_maps(out, maps[best], affine[best], {**{k: str(v) for k, v in inputs.items()}, **attrs})
+    calibration = _calibration_of_file(inputs.get("data"))
+    write_maps(
+        out,
+        maps[best],
+        affine[best],
+        {**{k: str(v) for k, v in inputs.items()}, **attrs},
+        calibration=calibration,
+    )
     png = out.with_suffix(".png")
     data_name = Path(str(inputs.get("data", out))).name
+    shape = next(iter(maps[best].values())).shape
+    figure = {"reference": S.reference_mask(shape, scored) if scored is not None else None, "calibration": calibration}
     if truth is not None:
-        plot_comparison(maps[best], truth, png, title=f"{data_name}: {best} vs labels")
+        plot_comparison(maps[best], truth, png, title=f"{data_name}: {best} vs labels", **figure)
     else:
-        plot_maps(maps[best], png, title=f"{data_name}: {best}")
+        plot_maps(maps[best], png, title=f"{data_name}: {best}", **figure)
     report = stage_report(
         stage, inputs=inputs, outputs={"maps": out, "figure": png}, config=config, metrics=results, started=started
     )
@@ -296,7 +382,12 @@ def write_result(
 
 
 def baseline_from_file(
-    data: Any, out: Any, reference: str | None = None, dataset: str | None = None, symmetry: str = "auto"
+    data: Any,
+    out: Any,
+    reference: str | None = None,
+    dataset: str | None = None,
+    symmetry: str = "auto",
+    progress: Any = None,
 ) -> dict[str, Any]:
     """``edgestem baseline``: classical Bragg-disk strain maps of a data file, reported like ``strain``.
 
@@ -318,7 +409,7 @@ def baseline_from_file(
             raise EdgestemError(str(exc)) from None
         # "auto": the file's lattice attributes, else classical_strain infers the symmetry from the data.
         sym = symmetry_of(ds.attrs, load_config(None, {"model.symmetry": symmetry}))
-        res = classical_strain(ds, reference=reference, symmetry=sym)
+        res = classical_strain(ds, reference=reference, symmetry=sym, progress=progress)
         labels = dict(ds.labels)
     sym = {6: "hex", 4: "square"}.get(int(res.symmetry), int(res.symmetry))
     results: dict[str, Any] = {

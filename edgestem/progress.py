@@ -9,9 +9,19 @@ from collections.abc import Callable, Iterator
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; draws a rich progress bar on a terminal, nothing otherwise."""
+    """Yield ``advance(n)``; draws a rich progress bar on a terminal, nothing otherwise.
+
+    ``advance`` also stops the work at once when an interrupt arrived whose exception a library
+    swallowed (see :func:`edgestem.atomic.check_interrupted`).
+    """
+    from edgestem.atomic import check_interrupted
+
     if not enabled or not sys.stderr.isatty():
-        yield lambda n=1: None
+
+        def quiet(n: int = 1) -> None:
+            check_interrupted()
+
+        yield quiet
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -23,4 +33,9 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            check_interrupted()
+            bar.advance(task, n)
+
+        yield advance

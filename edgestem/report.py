@@ -18,6 +18,36 @@ MAP_STYLE = {
 }
 
 
+# Strain: diverging about zero; rotation gets its own map so it is never read as a strain.
+CMAPS = {"exx": "RdBu_r", "eyy": "RdBu_r", "exy": "RdBu_r", "theta": "PuOr_r"}
+
+
+def _scan_extent(shape: tuple[int, ...], calibration: Any) -> tuple[Any, str, str]:
+    """imshow extent and axis labels of a scan map: calibrated units when the data carry them."""
+    if calibration:
+        (sx, ux), (sy, uy) = ((calibration[i]["scale"], calibration[i]["units"]) for i in (0, 1))
+        if ux != "pixels" or uy != "pixels":
+            return (-0.5 * sy, (shape[1] - 0.5) * sy, (shape[0] - 0.5) * sx, -0.5 * sx), f"Ry ({uy})", f"Rx ({ux})"
+    return None, "Ry", "Rx"
+
+
+def _show_map(
+    fig: Any, ax: Any, img: np.ndarray, key: str, lim: float, calibration: Any = None, reference: Any = None
+) -> None:
+    """One scan map: its colour map, symmetric limits, colour bar, calibrated axes, reference outlined."""
+    extent, xlabel, ylabel = _scan_extent(img.shape, calibration)
+    im = ax.imshow(img, cmap=CMAPS.get(key, "RdBu_r"), vmin=-lim, vmax=lim, interpolation="nearest", extent=extent)
+    if reference is not None and not np.all(reference):
+        # contour through pixel centres, in the same coordinates as the image
+        (sx, sy) = (1.0, 1.0) if extent is None else (calibration[0]["scale"], calibration[1]["scale"])
+        rows, cols = np.arange(img.shape[0]) * sx, np.arange(img.shape[1]) * sy
+        ax.contour(cols, rows, np.asarray(reference, dtype=float), levels=[0.5], colors="k", linewidths=0.8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -47,7 +77,8 @@ def plot_patterns(mean_pattern: np.ndarray, patterns: dict[str, np.ndarray], pat
     for ax, (title, img) in zip(axes[0], items, strict=True):
         img = np.asarray(img, dtype=np.float64)
         floor = max(img.max() * 1e-4, np.finfo(float).tiny)
-        ax.imshow(np.log10(np.maximum(img, floor)), cmap="inferno", interpolation="nearest")
+        im = ax.imshow(np.log10(np.maximum(img, floor)), cmap="inferno", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("Qy (px)", fontsize=8)
         ax.set_ylabel("Qx (px)", fontsize=8)
@@ -56,8 +87,14 @@ def plot_patterns(mean_pattern: np.ndarray, patterns: dict[str, np.ndarray], pat
     return save_figure(fig, path)
 
 
-def plot_maps(maps: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
-    """Strain and rotation maps side by side, diverging colour maps symmetric about zero."""
+def plot_maps(
+    maps: dict[str, np.ndarray], path: Path, title: str = "", *, reference: Any = None, calibration: Any = None
+) -> Path:
+    """Strain and rotation maps side by side, diverging colour maps symmetric about zero.
+
+    ``reference``: boolean mask of the reference region, outlined; ``calibration``
+    (:func:`edgestem.data.io.calibration_of`): scan axes in its units instead of positions.
+    """
     plt = _pyplot()
     keys = [k for k in MAP_STYLE if k in maps]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3.0), squeeze=False, layout="constrained")
@@ -65,12 +102,8 @@ def plot_maps(maps: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
         name, unit, factor = MAP_STYLE[key]
         m = np.asarray(maps[key], dtype=np.float64) * factor
         lim = float(np.nanmax(np.abs(m))) or 1.0
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        _show_map(fig, ax, m, key, lim, calibration, reference)
         ax.set_title(f"{name} ({unit})", fontsize=9)
-        ax.set_xlabel("Ry", fontsize=8)
-        ax.set_ylabel("Rx", fontsize=8)
-        ax.tick_params(labelsize=7)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
@@ -118,23 +151,33 @@ def plot_dataset(
     return written
 
 
-def plot_comparison(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
-    """Predicted maps, labels and their difference: one column per component, shared colour scales."""
+def plot_comparison(
+    pred: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    path: Path,
+    title: str = "",
+    *,
+    reference: Any = None,
+    calibration: Any = None,
+) -> Path:
+    """Predicted maps, labels and their difference: one column per component, shared colour scales.
+
+    The scale of a column covers both prediction and label (99th percentile of either), so neither
+    saturates; ``reference`` and ``calibration`` as in :func:`plot_maps`.
+    """
     plt = _pyplot()
     keys = [k for k in MAP_STYLE if k in pred and k in truth]
     fig, axes = plt.subplots(3, len(keys), figsize=(3.4 * len(keys), 8.4), squeeze=False, layout="constrained")
     for j, key in enumerate(keys):
         name, unit, factor = MAP_STYLE[key]
-        p = (pred[key] - np.mean(pred[key])) * factor
-        t = (truth[key] - np.mean(truth[key])) * factor
-        lim = float(np.nanmax(np.abs(t))) or 1.0
+        p = (pred[key] - np.nanmean(pred[key])) * factor
+        t = (truth[key] - np.nanmean(truth[key])) * factor
+        lim = max(float(np.nanpercentile(np.abs(t), 99)), float(np.nanpercentile(np.abs(p), 99))) or 1.0
         err = p - t
         elim = float(np.nanpercentile(np.abs(err), 99)) or lim  # the error's own scale shows its structure
         for i, (img, label, lm) in enumerate(((p, "prediction", lim), (t, "label", lim), (err, "error", elim))):
-            im = axes[i][j].imshow(img, cmap="RdBu_r", vmin=-lm, vmax=lm, interpolation="nearest")
+            _show_map(fig, axes[i][j], img, key, lm, calibration, reference)
             axes[i][j].set_title(f"{name} {label} ({unit})", fontsize=9)
-            axes[i][j].tick_params(labelsize=7)
-            fig.colorbar(im, ax=axes[i][j], fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title + " (each map minus its mean)", fontsize=10)
     return save_figure(fig, path)

@@ -85,13 +85,21 @@ def emulate_path(run: str | Path, backend: str) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (an interrupted write leaves the previous one)."""
+    """Write a checkpoint atomically (an interrupted write leaves the previous one).
+
+    Serialised in memory first: torch's zip writer reports a full disk as "unexpected pos"; a plain
+    write raises OSError(ENOSPC), which the CLI reports in one line.
+    """
+    import io
+
     import torch
 
     from edgestem.atomic import atomic_path
 
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def load_checkpoint(run: str | Path) -> dict[str, Any]:

@@ -56,6 +56,9 @@ __all__ = [
     "symmetry_period",
     "reference_mask",
     "reference_matrix",
+    "reference_orientations",
+    "grain_mask",
+    "resolve_reference",
     "to_grid_sample",
 ]
 
@@ -174,11 +177,20 @@ def strain_from_deformation(F: np.ndarray) -> dict[str, np.ndarray]:
 def reference_mask(scan_shape: tuple[int, int], region: str | np.ndarray | None = None) -> np.ndarray:
     """Boolean ``(Rx, Ry)`` mask of the reference region.
 
-    ``region`` is None (the whole scan), a boolean array of the scan's shape, or a string
-    ``"x0:x1,y0:y1"`` (Python slice bounds along Rx and Ry; either side may be empty).
+    ``region`` is None (the whole scan), a boolean array of the scan's shape, a string
+    ``"x0:x1,y0:y1"`` (Python slice bounds along Rx and Ry; either side may be empty), or
+    ``"grain:x,y"``: the grain around scan position (x, y), found from the orientations by
+    :func:`grain_mask` inside :func:`strain_from_affine`; here (no orientations) only that position.
     """
     if region is None:
         return np.ones(scan_shape, dtype=bool)
+    if isinstance(region, str) and region.replace(" ", "").startswith("grain:"):
+        x, y = _grain_seed(region)
+        if not (0 <= x < scan_shape[0] and 0 <= y < scan_shape[1]):
+            raise ValueError(f"reference {region!r}: position ({x}, {y}) lies outside the {tuple(scan_shape)} scan")
+        mask = np.zeros(scan_shape, dtype=bool)
+        mask[x, y] = True
+        return mask
     if isinstance(region, np.ndarray):
         if region.shape != tuple(scan_shape) or region.dtype != bool:
             raise ValueError(f"reference mask must be a boolean array of shape {tuple(scan_shape)}")
@@ -202,6 +214,111 @@ def reference_mask(scan_shape: tuple[int, int], region: str | np.ndarray | None 
     return mask
 
 
+def _grain_seed(region: str) -> tuple[int, int]:
+    text = region.replace(" ", "").removeprefix("grain:")
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"reference {region!r} must look like 'grain:x,y' (a scan position, e.g. 'grain:4,4')"
+        ) from None
+    return x, y
+
+
+def _orientation(M: np.ndarray) -> np.ndarray:
+    """Lattice orientation (degrees) of each ``M = inv(A)``: the rotation of its polar factor."""
+    return -np.rad2deg(_polar_angle(M))
+
+
+def _relative(theta: np.ndarray, to: float, period: float) -> np.ndarray:
+    """``theta - to`` on the n-fold circle: in ``(-period/2, period/2]``."""
+    d = np.asarray(theta) - to
+    return d - period * np.round(d / period)
+
+
+def grain_mask(
+    theta_deg: np.ndarray,
+    seed: tuple[int, int],
+    period: float = 360.0,
+    step_deg: float = 1.5,
+    tol_deg: float = 6.0,
+) -> np.ndarray:
+    """The grain around ``seed``, grown over 4-neighbours: a neighbour joins when its orientation
+    differs by at most ``step_deg`` from the position it is reached from and by at most ``tol_deg``
+    from the seed's (on the n-fold circle of ``period`` degrees). Slow in-grain rotation is
+    followed; the jump at a grain boundary (several degrees per scan step) stops the growth."""
+    seed = (int(seed[0]), int(seed[1]))
+    rel = _relative(theta_deg, float(theta_deg[seed]), period)
+    mask = np.zeros(theta_deg.shape, dtype=bool)
+    mask[seed] = True
+    stack = [seed]
+    while stack:
+        i, j = stack.pop()
+        for a, b in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+            if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and not mask[a, b]:
+                if abs(rel[a, b]) <= tol_deg and abs(_relative(rel[a, b], rel[i, j], period)) <= step_deg:
+                    mask[a, b] = True
+                    stack.append((a, b))
+    return mask
+
+
+def reference_orientations(
+    A: np.ndarray,
+    reference: str | np.ndarray | None = None,
+    symmetry: int | str | None = None,
+    gap_deg: float = 1.5,
+    min_fraction: float = 0.1,
+) -> list[dict[str, Any]]:
+    """Orientation groups inside the reference region of affine maps ``A`` (Rx, Ry, 2, 2).
+
+    The region's orientations (on the symmetry's circle) are sorted and split where two neighbours
+    differ by more than ``gap_deg``; groups under ``min_fraction`` of the region (grain boundaries)
+    are dropped. One group: the region lies in one grain. Several: the reference mixes grains and
+    its median lattice belongs to none. Each group: ``theta`` (mean orientation, degrees, relative to
+    the region's circular mean), ``fraction`` of the region, ``at`` (a scan position inside it).
+    """
+    A = np.asarray(A, dtype=float)
+    period = symmetry_period(symmetry)
+    M = np.linalg.inv(A)
+    theta = _orientation(M)
+    mask = _resolve_mask(A.shape[:-2], reference, theta, period)
+    z = np.exp(1j * np.deg2rad(theta[mask]) * 360.0 / period).mean()
+    rel = _relative(theta, np.rad2deg(np.angle(z)) * period / 360.0, period)
+    idx = np.argwhere(mask)
+    values = rel[mask]
+    order = np.argsort(values)
+    cuts = np.flatnonzero(np.diff(values[order]) > gap_deg) + 1
+    groups = []
+    for part in np.split(order, cuts):
+        if len(part) < min_fraction * len(values):
+            continue
+        centre = idx[part].mean(axis=0)
+        at = idx[part][np.argmin(np.abs(idx[part] - centre).sum(axis=1))]
+        groups.append(
+            {"theta": float(values[part].mean()), "fraction": len(part) / len(values), "at": tuple(int(v) for v in at)}
+        )
+    return groups
+
+
+def resolve_reference(
+    A: np.ndarray, reference: str | np.ndarray | None, symmetry: int | str | None = None
+) -> str | np.ndarray | None:
+    """``reference`` with ``"grain:x,y"`` turned into the boolean mask of that grain in ``A`` (Rx, Ry, 2, 2)."""
+    if not (isinstance(reference, str) and reference.replace(" ", "").startswith("grain:")):
+        return reference
+    A = np.asarray(A, dtype=float)
+    theta = _orientation(np.linalg.inv(A))
+    return _resolve_mask(A.shape[:-2], reference, theta, symmetry_period(symmetry))
+
+
+def _resolve_mask(shape: tuple[int, ...], reference: Any, theta: np.ndarray, period: float) -> np.ndarray:
+    """Reference mask; ``"grain:x,y"`` resolved from the orientations ``theta``."""
+    if isinstance(reference, str) and reference.replace(" ", "").startswith("grain:"):
+        reference_mask(shape, reference)  # validates the position
+        return grain_mask(theta, _grain_seed(reference), period)
+    return reference_mask(shape, reference)
+
+
 def strain_from_affine(
     A: np.ndarray,
     reference: str | np.ndarray | None = None,
@@ -214,15 +331,16 @@ def strain_from_affine(
     (:func:`reference_matrix`);
     the left polar decomposition of ``inv(M_ref) @ M`` gives ``exx, eyy, exy`` and ``theta`` relative
     to the reference lattice, in the detector frame (see the module docstring for why this order).
-    ``symmetry``: ``"hex"``, ``"square"``, an integer fold, or None (no wrap).
+    ``symmetry``: ``"hex"``, ``"square"``, an integer fold, or None (no wrap). ``reference``
+    ``"grain:x,y"`` takes the grain around that scan position (:func:`grain_mask`).
     """
     A = np.asarray(A, dtype=float)
     if A.shape[-2:] != (2, 2) or A.ndim < 3:
         raise ValueError(f"affine maps must have shape (..., 2, 2), got {A.shape}")
     M = np.linalg.inv(A)
-    mask = reference_mask(A.shape[:-2], reference) if A.ndim == 4 else _flat_mask(A.shape[:-2], reference)
     period = symmetry_period(symmetry)
     theta = -np.rad2deg(_polar_angle(M))
+    mask = _resolve_mask(A.shape[:-2], reference, theta, period) if A.ndim == 4 else _flat_mask(A.shape[:-2], reference)
     if period < 360.0:
         # Reference orientation: circular mean on the n-fold circle, robust to the branch cut.
         z = np.exp(1j * np.deg2rad(theta[mask]) * 360.0 / period).mean()

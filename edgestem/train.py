@@ -85,7 +85,12 @@ def split_indices(n: int, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 def build_model(cfg: Config, data: TrainingData, train_idx: np.ndarray, layers: LayerFactory | None = None) -> CCSTAE:
     """A CC-ST-AE whose dictionary starts from the training patterns' mean and whose mask is found there."""
     mean = data.x[train_idx, 0].mean(axis=0)
-    mask = disk_mask(mean, margin_px=cfg.loss.mask_margin_px)
+    if not np.any(data.raw):
+        raise DataError(f"{data.path}: every pattern is zero; check the file (or --dataset) holds the diffraction data")
+    try:
+        mask = disk_mask(mean, margin_px=cfg.loss.mask_margin_px)
+    except ValueError as exc:
+        raise DataError(f"{data.path}: {exc}; the patterns show no Bragg disks to learn from") from None
     init = np.repeat(mean[None], cfg.model.dictionaries, axis=0)
     if cfg.model.dictionaries > 1:
         # Distinct starting points: means of a seeded partition of the training patterns.
@@ -368,6 +373,7 @@ def _train(
                     "path": str(data.path),
                     "fingerprint": data.fingerprint,
                     "scan_shape": list(data.scan_shape),
+                    "pattern_shape": list(data.raw.shape[-2:]),
                 },
             },
         )

@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
         "edgestem",
         "edgestem.errors",
         "edgestem.atomic",
+        "edgestem.paths",
         "edgestem.progress",
         "edgestem.runinfo",
         "edgestem.seeds",

@@ -30,3 +30,26 @@ def _umask():
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_a_swallowed_interrupt_blocks_the_commit(monkeypatch, tmp_path):
+    """An interrupt whose exception a library swallowed still stops the rename, and leaves nothing."""
+    import signal
+
+    from edgestem import atomic
+
+    target = tmp_path / "out.h5"
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(target) as tmp:
+        tmp.write_text("complete")
+        monkeypatch.setattr(atomic, "_received", signal.SIGTERM)
+    assert not list(tmp_path.iterdir())
+
+
+def test_os_errors_name_the_output(tmp_path):
+    import errno
+
+    from edgestem import atomic
+
+    with pytest.raises(OSError) as info, atomic.atomic_path(tmp_path / "out.h5"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert info.value.filename == str(tmp_path / "out.h5") and not list(tmp_path.iterdir())

@@ -1,5 +1,7 @@
 """Config: YAML in, unknown keys and wrong types named, overrides, resolved copy saved."""
 
+import re
+
 import pytest
 import yaml
 
@@ -78,3 +80,43 @@ def test_docs_config_reference_is_current():
 
     doc = Path(__file__).parents[1] / "docs" / "config.md"
     assert doc.read_text().strip() == reference_markdown().strip(), "run: edgestem config --markdown > docs/config.md"
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (b"train:\n  epochs: true\n", "train.epochs: expected int, got true"),
+        (b"simulate:\n  size: false\n", "simulate.size: expected int"),
+        (b"train:\n  epochs: 3\n  epochs: 4\n", "line 3: key 'epochs' is given twice"),
+        (b"seed: 1\nseed: 2\n", "key 'seed' is given twice"),
+        (b"noise:\n  read_noise: .inf\n", "finite"),
+        (b"noise:\n  w: .nan\n", "finite"),
+        (b"noise:\n  dose: 1.0e+30\n", "noise.dose"),
+        (b"seed: 1 # \xe9\n", "not UTF-8"),
+    ],
+)
+def test_strict_config_files(tmp_path, text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(text)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(p)
+
+
+def test_booleans_stay_booleans(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  encoder: {batchnorm: false}\nprune: {structured: true}\n")
+    cfg = load_config(p)
+    assert cfg.model.encoder.batchnorm is False and cfg.prune.structured is True
+
+
+def test_a_bad_option_is_not_blamed_on_the_defaults():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"simulate.size": 2})
+    assert "defaults" not in str(info.value) and "option value simulate.size = 2" in str(info.value)
+
+
+def test_config_diff_names_changed_keys():
+    from edgestem.config import config_diff
+
+    a, b = load_config(None), load_config(None, {"seed": 5, "train.lr": 1e-3})
+    assert [d.split()[0] for d in config_diff(a, b)] == ["seed", "train.lr"]

@@ -83,3 +83,32 @@ def test_strain_refine_reports_both_methods(tmp_path, tiny_run, tiny_h5):
         assert f.attrs["method"] == "refined"
     # On clean data the likelihood fit is far better than a 2-epoch encoder.
     assert res["mae"]["refined"]["exx"] < 0.5 * res["mae"]["encoder"]["exx"]
+
+
+def test_maps_file_is_also_an_emd_file(tmp_path):
+    """Strain maps open in emdfile (py4DSTEM's reader) as Arrays with their units."""
+    emdfile = pytest.importorskip("emdfile")
+    from edgestem.evaluate import write_maps
+
+    maps = {k: np.full((3, 4), i, dtype=float) for i, k in enumerate(("exx", "eyy", "exy", "theta"))}
+    A = np.tile(np.eye(2), (3, 4, 1, 1))
+    write_maps(tmp_path / "m.h5", maps, A, {"reference": "all"})
+    theta = emdfile.read(tmp_path / "m.h5", emdpath="edgestem/theta")
+    np.testing.assert_array_equal(theta.data, maps["theta"])
+    assert theta.units == "degree"
+    np.testing.assert_array_equal(emdfile.read(tmp_path / "m.h5", emdpath="edgestem/affine").data, A)
+
+
+def test_maps_carry_the_scan_calibration(tmp_path):
+    emdfile = pytest.importorskip("emdfile")
+    from edgestem.evaluate import write_maps
+
+    maps = {k: np.zeros((3, 4)) for k in ("exx", "eyy", "exy", "theta")}
+    cal = [{"name": n, "scale": s, "units": u} for n, s, u in [("Rx", 2.0, "nm"), ("Ry", 2.0, "nm")] * 2]
+    write_maps(tmp_path / "m.h5", maps, np.tile(np.eye(2), (3, 4, 1, 1)), {}, calibration=cal)
+    exx = emdfile.read(tmp_path / "m.h5", emdpath="edgestem/exx")
+    assert exx.dims[0][1] == 2.0 and tuple(exx.dim_units) == ("nm", "nm")
+    affine = emdfile.read(tmp_path / "m.h5", emdpath="edgestem/affine")
+    assert tuple(affine.dim_units) == ("nm", "nm", "pixels", "pixels")
+    with h5py.File(tmp_path / "m.h5") as f:
+        assert json.loads(f.attrs["calibration"])[0]["units"] == "nm"

@@ -163,3 +163,41 @@ def test_maps_do_not_depend_on_the_dictionary_frame(draws):
     M, M_ref = np.linalg.inv(A @ C), np.linalg.inv(A @ C)[7]
     P, _ = S.polar_left(M @ np.linalg.inv(M_ref))
     assert np.abs(P[:, 0, 0] - 1 - S.strain_from_affine(A, ref, "hex")["exx"]).max() > 1e-3
+
+
+def _polycrystal_affine(scan=16, seed=0):
+    from edgestem.config import load_config
+    from edgestem.data.simulate import specimen_labels, specimen_rng
+
+    labels = specimen_labels(load_config(None, {"simulate.scan": scan}).simulate, specimen_rng(seed))
+    F = S.deformation_gradient(labels["exx"], labels["eyy"], labels["exy"], labels["theta"])
+    return S.affine_from_deformation(F), labels
+
+
+def test_reference_orientations_finds_the_grains_a_region_spans():
+    """The README's example region on its example polycrystal spans several grains; one grain is one group."""
+    A, labels = _polycrystal_affine()
+    groups = S.reference_orientations(A, "0:8,0:8", "hex")
+    assert len(groups) >= 3
+    assert abs(sum(g["fraction"] for g in groups) - 1) < 0.2
+    (one,) = S.reference_orientations(A, "grain:4,5", "hex")
+    assert one["fraction"] == 1.0 and abs(one["theta"]) < 0.01
+
+
+def test_grain_reference_reads_zero_inside_the_grain():
+    A, labels = _polycrystal_affine()
+    mask = S.resolve_reference(A, "grain:4,5", "hex")
+    assert mask.dtype == bool and 20 < mask.sum() < 200 and mask[4, 5]
+    assert np.ptp(labels["theta"][mask]) < 6.5  # one grain (in-grain rotation, smoothed edge)
+    maps = S.strain_from_affine(A, "grain:4,5", "hex")
+    assert abs(np.median(maps["theta"][mask])) < 1e-9
+    mixed = S.strain_from_affine(A, "0:8,0:8", "hex")
+    assert abs(np.median(mixed["theta"][mask])) > 1.0  # the mixed reference offsets that grain
+
+
+def test_grain_reference_is_validated():
+    with pytest.raises(ValueError, match="outside"):
+        S.reference_mask((8, 8), "grain:9,1")
+    with pytest.raises(ValueError, match="grain:x,y"):
+        S.reference_mask((8, 8), "grain:1")
+    assert S.reference_mask((8, 8), "grain:2,3").sum() == 1

@@ -70,7 +70,7 @@ class Dataset4D:
         shape = tuple(int(n) for n in array.shape)
         if len(shape) != 4:
             raise DataError(
-                f"{path}: data {source or ''} has rank {len(shape)} (shape {shape}); "
+                f"{path}: {f'array {source!r}' if source else 'the data'} has rank {len(shape)} (shape {shape}); "
                 "expected 4D (Rx, Ry, Qx, Qy), reshape the scan to two scan axes"
             )
         if min(shape) < 1:
@@ -325,6 +325,10 @@ def _open_hdf5(path: Path, dataset: str | None) -> Dataset4D:
         arr = f[name]
         labels = _hdf5_labels(f, arr)
         attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+        if "calibration" not in attrs and _is_emd_array(arr.parent) and arr.ndim == 4:
+            cal = _emd_calibration(arr.parent)
+            if cal is not None:
+                attrs["calibration"] = cal
         return Dataset4D(arr, path, labels=labels, attrs=attrs, closer=f.close, source=name)
     except EdgestemError:
         f.close()
@@ -350,6 +354,41 @@ def _hdf5_labels(f: Any, arr: Any) -> dict[str, np.ndarray]:
         if _is_emd_array(g) and g["data"].shape == tuple(arr.shape[:2]):
             labels[k] = np.asarray(g["data"][()])
     return labels
+
+
+def _emd_calibration(g: Any) -> list[dict[str, Any]] | None:
+    """Calibration of an EMD array from its dim vectors (step and units), None when all are pixels."""
+    axes = []
+    for n, default in enumerate(("Rx", "Ry", "Qx", "Qy")):
+        dim = g.get(f"dim{n}")
+        if dim is None or dim.ndim != 1 or dim.shape[0] < 2:
+            return None
+        v = np.asarray(dim[:2], dtype=float)
+        units = str(_decode_attr(dim.attrs.get("units", "pixels")) or "pixels")
+        axes.append(
+            {"name": str(_decode_attr(dim.attrs.get("name", default))), "scale": float(v[1] - v[0]), "units": units}
+        )
+    return axes if any(a["units"] != "pixels" or a["scale"] != 1.0 for a in axes) else None
+
+
+def calibration_of(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The (Rx, Ry, Qx, Qy) calibration a file carries: a list of four ``{name, scale, units}``, or None.
+
+    From edgestem's own ``calibration`` attribute (EMD dim vectors are read into it), or the axes
+    rosettasciio reports for detector formats. None when every axis is in pixels.
+    """
+    for key in ("calibration", "axes"):
+        axes = json_attr(attrs.get(key))
+        if isinstance(axes, list) and len(axes) == 4 and all(isinstance(a, dict) for a in axes):
+            out = []
+            for a, default in zip(axes, ("Rx", "Ry", "Qx", "Qy"), strict=True):
+                scale = a.get("scale")
+                units = a.get("units")
+                units = "pixels" if units in (None, "", "<undefined>", "Undefined") else str(units)
+                out.append({"name": str(a.get("name") or default), "scale": float(scale or 1.0), "units": units})
+            if any(a["units"] != "pixels" or a["scale"] != 1.0 for a in out):
+                return out
+    return None
 
 
 def _is_emd_array(g: Any) -> bool:
@@ -812,8 +851,117 @@ def hdf5_writer(
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["edgestem_version"] = __version__
-            _set_h5_attrs(f, attrs or {})
+            cal = calibration_of(attrs or {})
+            _set_h5_attrs(f, {**(attrs or {}), **({"calibration": cal} if cal else {})})
             yield HDF5Writer(f, shape, dtype)
+            arrays = {"datacube": (f["data"], ("Rx", "Ry", "Qx", "Qy"))}
+            if "labels" in f:
+                arrays.update({k: (f["labels"][k], ("Rx", "Ry")) for k in f["labels"]})
+            add_emd_tree(f, arrays, cal)
+
+
+def add_emd_tree(
+    f: Any, arrays: dict[str, tuple[Any, tuple[str, ...]]], calibration: list[dict[str, Any]] | None = None
+) -> None:
+    """Make an open HDF5 file also an EMD 1.0 file (what emdfile and py4DSTEM read), at no cost in space.
+
+    Each of ``arrays`` (name -> (dataset, dimension names)) appears as an emdfile ``Array`` group
+    ``/edgestem/<name>`` whose ``data`` is a hard link to the dataset (the bytes are stored once);
+    edgestem's own layout (``/data``, ``/labels``, ``/maps``) is unchanged. ``calibration``
+    (:func:`calibration_of`) gives the dimension vectors their step and units (Rx, Ry, Qx, Qy in
+    order; scan-shaped arrays take the first two); without it every axis is in pixels.
+    """
+    import uuid
+
+    f.attrs["emd_group_type"] = "file"
+    f.attrs["version_major"] = 1
+    f.attrs["version_minor"] = 0
+    f.attrs["UUID"] = str(uuid.uuid4())
+    f.attrs["authoring_program"] = "edgestem"
+    f.attrs["authoring_user"] = ""
+    root = f.require_group("edgestem")
+    root.attrs["emd_group_type"] = "root"
+    root.attrs["python_class"] = "Root"
+    for name, (dset, dims) in arrays.items():
+        g = root.create_group(name)
+        g.attrs["emd_group_type"] = "array"
+        g.attrs["python_class"] = "Array"
+        g["data"] = dset  # a hard link: the same dataset under a second name
+        if "units" not in dset.attrs:
+            dset.attrs["units"] = ""
+        for n, dim_name in enumerate(dims):
+            cal = calibration[n] if calibration is not None and n < len(calibration) and n < 4 else None
+            if dims[:2] != ("Rx", "Ry") or n >= 2 and dims[2:] != ("Qx", "Qy"):
+                cal = None  # not a scan or pattern axis (the affine's 2 x 2)
+            step, units = (cal["scale"], cal["units"]) if cal else (1.0, "pixels")
+            dim = g.create_dataset(f"dim{n}", data=np.array([0.0, step]))  # linear dims: 2 samples
+            dim.attrs["name"] = dim_name
+            dim.attrs["units"] = units
+
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+_NO_LABEL_SUFFIXES = (".npy", ".mib", ".xml", ".blo", ".hspy")
+
+
+def writable_formats() -> str:
+    """The extensions :func:`write_4dstem` writes, for messages."""
+    return ", ".join(sorted(_WRITERS))
+
+
+def check_writable_format(path: str | os.PathLike[str], *, labels: bool = False, option: str = "--out") -> None:
+    """Refuse, before any work, an output whose extension no writer handles or that cannot hold labels."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in _WRITERS:
+        what = f"{p.suffix!r} files" if p.suffix else "a file without an extension"
+        raise DataError(f"{option} {p}: cannot write {what}; give one of {writable_formats()}")
+    if labels and suffix in _NO_LABEL_SUFFIXES:
+        raise DataError(
+            f"{option} {p}: {suffix} files cannot hold the strain labels; write .h5, .npz, .mat or .emd to keep them"
+        )
+
+
+class _MemoryWriter:
+    """Collects blocks in memory for formats written in one piece (see :func:`data_writer`)."""
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: Any) -> None:
+        self.shape = shape
+        self.data = np.zeros(shape, dtype=dtype)
+        self.labels: dict[str, np.ndarray] = {}
+
+    def write(self, rows: slice, block: np.ndarray) -> None:
+        self.data[rows] = block
+
+    def set_labels(self, labels: dict[str, np.ndarray]) -> None:
+        self.labels = {k: np.asarray(v, dtype=np.float64) for k, v in labels.items()}
+
+
+@contextlib.contextmanager
+def data_writer(
+    path: str | os.PathLike[str],
+    shape: tuple[int, int, int, int],
+    *,
+    attrs: dict[str, Any] | None = None,
+    dtype: Any = np.float32,
+) -> Iterator[Any]:
+    """A block writer in the format the extension of ``path`` names (atomic, like :func:`hdf5_writer`).
+
+    HDF5 streams block by block; the other formats of :func:`write_4dstem` collect the scan in
+    memory (refused up front when it cannot fit) and write it at the end.
+    """
+    p = Path(path)
+    if p.suffix.lower() in HDF5_SUFFIXES:
+        with hdf5_writer(p, shape, attrs=attrs, dtype=dtype) as w:
+            yield w
+        return
+    check_writable_format(p)
+    from edgestem.paths import check_memory
+
+    nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    check_memory(2 * nbytes, f"writing {p.suffix} (the whole scan in memory)", "write .h5 instead (it streams)")
+    w = _MemoryWriter(shape, dtype)
+    yield w
+    write_4dstem(p, w.data, w.labels, attrs)
 
 
 def write_4dstem(

@@ -242,13 +242,13 @@ def add_noise_to_file(
     progress: Callable[[int], None] | None = None,
     dataset: str | None = None,
 ) -> Path:
-    """Stream ``src`` (any readable format) into a new edgestem HDF5 file ``dst`` with noise added.
+    """Stream ``src`` (any readable format) into a new file ``dst`` (format from its extension) with noise added.
 
     Labels and attributes of ``src`` are kept; ``noise`` (JSON), ``noise_seed`` and ``source`` (file
     name) record what was added (an earlier ``noise`` attribute moves to ``source_noise``).
     ``progress(n)`` is called with the number of scan rows just written.
     """
-    from edgestem.data.io import hdf5_writer, open_4dstem
+    from edgestem.data.io import data_writer, open_4dstem
 
     src_p, dst_p = Path(src), Path(dst)
     if src_p.resolve() == dst_p.resolve():
@@ -264,7 +264,7 @@ def add_noise_to_file(
             attrs["units"] = _updated_units(attrs.get("units"), noise)
         qshape = ds.pattern_shape
         hot = hot_pixel_mask(qshape, noise.hot_pixels, seed) if noise.hot_pixels > 0 else None
-        with hdf5_writer(dst_p, ds.shape, attrs=attrs) as w:
+        with data_writer(dst_p, ds.shape, attrs=attrs) as w:
             for rows, block in ds.iter_rows():
                 out = np.empty(block.shape, dtype=np.float32)
                 for i, r in enumerate(range(rows.start, rows.stop)):

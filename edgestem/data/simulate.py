@@ -26,7 +26,7 @@ from scipy.ndimage import gaussian_filter
 from edgestem import strain
 from edgestem.config import Config, LatticeConfig, SimulateConfig, SpecimenConfig, dump_config
 from edgestem.data import noise as noise_mod
-from edgestem.data.io import LABEL_KEYS, hdf5_writer
+from edgestem.data.io import LABEL_KEYS, data_writer
 from edgestem.seeds import STREAMS
 
 __all__ = [
@@ -394,7 +394,7 @@ def simulate_to_file(cfg: Config, out: str | os.PathLike[str], progress: Callabl
     rx, ry = cfg.simulate.scan
     q = cfg.simulate.size
     labels, blocks = simulate(cfg, progress)
-    with hdf5_writer(out, (rx, ry, q, q), attrs=file_attrs(cfg)) as w:
+    with data_writer(out, (rx, ry, q, q), attrs=file_attrs(cfg)) as w:
         for rows, block in blocks:
             w.write(rows, block)
         w.set_labels(labels)

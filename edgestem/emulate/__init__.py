@@ -107,7 +107,7 @@ def emulate(
 
     from edgestem.data.noise import apply_noise
     from edgestem.data.preprocess import preprocess
-    from edgestem.evaluate import maps_from_affine, write_result
+    from edgestem.evaluate import maps_from_affine, pattern_shape_note, write_result
     from edgestem.rundir import open_stage
     from edgestem.seeds import rng
 
@@ -128,6 +128,9 @@ def emulate(
         "patterns_per_second": {backend: len(raw) / max(seconds, 1e-9)},
         "noise": None if noise is None else noise.model_dump(mode="json"),
     }
+    note = pattern_shape_note(stage.state, d.raw.shape[-2:], cfg)
+    if note:
+        results["notes"] = [note]
     if check:
         results["check"] = check_against_reference(be, run, x, raw)
     with torch.no_grad():

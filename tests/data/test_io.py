@@ -580,3 +580,96 @@ def test_rsciio_reader_failure_is_a_data_error(tmp_path):
     with pytest.raises(DataError) as e:
         open_4dstem(p)
     _one_line(e, p)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".emd", ".mat"])
+def test_data_writer_writes_the_format_its_extension_names(tmp_path, suffix):
+    """simulate and noise stream through data_writer: every output opens again as written."""
+    from edgestem.data.io import data_writer
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 4, 8, 8)).astype(np.float32)
+    labels = {k: rng.random((3, 4)) for k in LABEL_KEYS}
+    out = tmp_path / f"x{suffix}"
+    with data_writer(out, x.shape, attrs={"note": "hi"}) as w:
+        for r in range(3):
+            w.write(slice(r, r + 1), x[r : r + 1])
+        w.set_labels(labels)
+    with open_4dstem(out) as ds:
+        np.testing.assert_array_equal(ds[:], x)
+        np.testing.assert_allclose(ds.labels["exx"], labels["exx"])
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_data_writer_refuses_unknown_formats(tmp_path):
+    from edgestem.data.io import check_writable_format, data_writer
+    from edgestem.errors import DataError
+
+    with pytest.raises(DataError, match=r"cannot write '\.tif' files; give one of .*\.h5"):
+        with data_writer(tmp_path / "x.tif", (1, 1, 4, 4)):
+            pass
+    with pytest.raises(DataError, match="cannot hold the strain labels"):
+        check_writable_format(tmp_path / "x.npy", labels=True)
+    check_writable_format(tmp_path / "x.npy")
+    assert not list(tmp_path.iterdir())
+
+
+def test_edgestem_hdf5_is_also_an_emd_file(tmp_path):
+    """simulate/noise output opens in emdfile (py4DSTEM's reader): datacube and labels, stored once."""
+    emdfile = pytest.importorskip("emdfile")
+    from edgestem.data.io import hdf5_writer
+
+    x = np.random.default_rng(1).random((3, 4, 8, 8)).astype(np.float32)
+    labels = {k: np.full((3, 4), i, dtype=np.float64) for i, k in enumerate(LABEL_KEYS)}
+    out = tmp_path / "x.h5"
+    with hdf5_writer(out, x.shape) as w:
+        w.write(slice(None), x)
+        w.set_labels(labels)
+    cube = emdfile.read(out, emdpath="edgestem/datacube")
+    np.testing.assert_array_equal(cube.data, x)
+    np.testing.assert_array_equal(emdfile.read(out, emdpath="edgestem/theta").data, labels["theta"])
+    with h5py.File(out) as f:
+        assert f["edgestem/datacube/data"].id == f["data"].id  # a hard link, not a copy
+    with open_4dstem(out) as ds:  # edgestem's own reading is unchanged
+        assert ds.source == "data" and set(ds.labels) == set(LABEL_KEYS)
+
+
+def _calibrated_emd(path, x):
+    """A calibrated datacube as py4DSTEM writes it: EMD dim vectors with steps and units."""
+    with h5py.File(path, "w") as f:
+        f.attrs["emd_group_type"] = "file"
+        f.attrs["version_major"] = 1
+        f.attrs["version_minor"] = 0
+        root = f.create_group("root")
+        root.attrs["emd_group_type"] = "root"
+        root.attrs["python_class"] = "Root"
+        g = root.create_group("datacube")
+        g.attrs["emd_group_type"] = "array"
+        g.attrs["python_class"] = "DataCube"
+        g.create_dataset("data", data=x).attrs["units"] = "counts"
+        for n, (name, step, units) in enumerate([("R_x", 0.5, "nm"), ("R_y", 0.5, "nm"), ("Q_x", 0.02, "A^-1")]):
+            d = g.create_dataset(f"dim{n}", data=np.array([0.0, step]))
+            d.attrs["name"], d.attrs["units"] = name, units
+        d = g.create_dataset("dim3", data=np.array([0.0, 0.02]))
+        d.attrs["name"], d.attrs["units"] = "Q_y", "A^-1"
+    return path
+
+
+def test_calibration_is_read_and_carried_through(tmp_path):
+    """Scan step and reciprocal pixel of an EMD input survive `edgestem noise` into the EMD tree."""
+    emdfile = pytest.importorskip("emdfile")
+    from edgestem.config import NoiseConfig
+    from edgestem.data.io import calibration_of
+    from edgestem.data.noise import add_noise_to_file
+
+    x = np.random.default_rng(0).random((3, 4, 16, 16)).astype(np.float32)
+    src = _calibrated_emd(tmp_path / "cal.emd", x)
+    with open_4dstem(src) as ds:
+        cal = calibration_of(ds.attrs)
+    assert [(a["scale"], a["units"]) for a in cal] == [(0.5, "nm"), (0.5, "nm"), (0.02, "A^-1"), (0.02, "A^-1")]
+    out = add_noise_to_file(src, tmp_path / "n.h5", NoiseConfig(model="dose", dose=100), seed=1)
+    with open_4dstem(out) as ds:
+        assert calibration_of(ds.attrs) == cal
+    cube = emdfile.read(out, emdpath="edgestem/datacube")
+    assert cube.dims[0][1] == 0.5 and tuple(cube.dim_units) == ("nm", "nm", "A^-1", "A^-1")
+    assert calibration_of({"axes": [{"scale": 1.0, "units": "<undefined>"}] * 4}) is None  # pixels only
