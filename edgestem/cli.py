@@ -569,7 +569,10 @@ def distill(
     """Fine-tune the encoder on a label-free teacher's maps of its own scan (no ground truth), into RUN/distill/."""
     from edgestem.config import load_config
     from edgestem.distill import distill_run
+    from edgestem.paths import check_output_dir
+    from edgestem.rundir import DISTILL_DIR
 
+    check_output_dir(out or run / DISTILL_DIR, [run, data, config], writes=["checkpoint.pt", "config.yaml"])
     source = config if config is not None else run / "config.yaml"
     if config is None and not source.is_file():
         raise EdgestemError(f"{run}: not a run directory (no config.yaml); train first (edgestem train --out {run})")

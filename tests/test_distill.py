@@ -117,3 +117,23 @@ def test_unknown_teacher_and_quantized_source_are_refused(tmp_path, float_run, t
         teacher_maps("oracle", np.zeros((4, 8, 8)), np.tile(np.eye(2), (4, 1, 1)), (2, 2), None)
     with pytest.raises(EdgestemError, match="quantized"):
         distill_run(tiny_qat_run / "qat", out=tmp_path / "d")
+
+
+@pytest.mark.slow
+def test_distilled_encoder_learns_every_component_on_multislice(tmp_path):
+    """The test that would have caught the encoder that learned no normal strain: on the Si [001]
+    multislice development set the deployed (distilled) encoder's regression slope must exceed 0.9
+    for exx, eyy, exy and theta, with no ground-truth label used (about 10 minutes on 2 cores)."""
+    from pathlib import Path
+
+    from edgestem.evaluate import label_maps, maps_from_affine, regression_slope
+
+    data = Path(__file__).resolve().parents[1] / "data" / "dev" / "si.h5"
+    train(load_config(None, {"seed": 0}), data, tmp_path / "run")
+    distill_run(tmp_path / "run", DistillConfig(teacher="classical"), out=tmp_path / "distill")
+    model, cfg = model_from_checkpoint(load_checkpoint(tmp_path / "distill"))
+    d = load_data(data, cfg)
+    pred = maps_from_affine(predict_affine(model, d.x), d.scan_shape, None, "square")
+    truth = label_maps({k: v.reshape(d.scan_shape) for k, v in d.labels.items()}, None, "square")
+    slopes = regression_slope(pred, truth)
+    assert all(0.9 < slopes[k] < 1.1 for k in slopes), slopes

@@ -32,6 +32,7 @@ def test_steps_are_in_pipeline_order():
         "simulate",
         "noise",
         "train",
+        "distill",
         "qat",
         "prune",
         "export",

@@ -51,7 +51,7 @@ def test_the_names_are_known_without_importing_torch():
 def test_config_accepts_every_registered_backend_and_nothing_else():
     cfg = load_config(None, {"pipeline.firmware": FIRMWARE.names(), "pipeline.emulate": EMULATORS.names()})
     assert "rtl" in cfg.pipeline.firmware and "verilator" in cfg.pipeline.emulate
-    with pytest.raises(ConfigError, match="pipeline.firmware: .*unknown firmware backend 'vivado': choose one of"):
+    with pytest.raises(ConfigError, match="pipeline.firmware.*unknown firmware backend 'vivado': choose one of"):
         load_config(None, {"pipeline.firmware": ["vivado"]})
-    with pytest.raises(ConfigError, match="pipeline.emulate: .*unknown emulation backend 'verilog'"):
+    with pytest.raises(ConfigError, match="pipeline.emulate.*unknown emulation backend 'verilog'"):
         load_config(None, {"pipeline.emulate": ["verilog"]})
