@@ -60,6 +60,7 @@ __all__ = [
     "reduce_mantissa",
     "cache_dir",
     "simulate_to_file",
+    "crb",
 ]
 
 SIMULATOR = "abtem multislice"
@@ -309,17 +310,21 @@ def _deformed_cell(geo: Geometry, F: np.ndarray, shift: np.ndarray) -> tuple[np.
     return num[keep], out
 
 
-def simulate_pattern(geo: Geometry, F: np.ndarray, repeats: int, seeds: np.ndarray) -> tuple[np.ndarray, float]:
+def simulate_pattern(
+    geo: Geometry, F: np.ndarray, repeats: int, seeds: np.ndarray, float64: bool = False
+) -> tuple[np.ndarray, float]:
     """One pattern (Q, Q) float32 summing to 1, and the fraction of the probe's intensity it holds.
 
     ``F`` (2, 2): in-plane deformation; ``repeats``: thickness in repeats along the zone axis;
-    ``seeds``: the position's three seeds (:func:`position_seeds`).
+    ``seeds``: the position's three seeds (:func:`position_seeds`). ``float64``: abTEM in double
+    precision and a float64 pattern (for finite differences, :func:`crb`).
     """
     require_physics()
     import abtem
     from ase import Atoms
 
     _configure_abtem()
+    abtem.config.set({"precision": "float64" if float64 else "float32"})
     F = np.asarray(F, dtype=float)
     shift = np.zeros(3)
     if geo.jitter:
@@ -354,7 +359,7 @@ def simulate_pattern(geo: Geometry, F: np.ndarray, repeats: int, seeds: np.ndarr
         crop = 0.25 * (c[:-1, :-1] + c[1:, :-1] + c[:-1, 1:] + c[1:, 1:])
     total = float(intensity.sum())
     detected = float(crop.sum())
-    return (crop / detected).astype(np.float32), detected / total
+    return (crop / detected).astype(np.float64 if float64 else np.float32), detected / total
 
 
 @contextlib.contextmanager
@@ -575,3 +580,50 @@ def simulate_to_file(
     if not keep_cache:
         shutil.rmtree(folder, ignore_errors=True)
     return Path(out)
+
+
+def crb(
+    cfg: Config,
+    positions: list[tuple[int, int]],
+    doses: tuple[float, ...] = (1e2, 1e3, 1e4),
+    binnings: tuple[int, ...] = (1, 2),
+    step: float = 1e-3,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Cramer-Rao bound of ``cfg``'s multislice patterns at scan ``positions``, by finite differences.
+
+    Each parameter (exx, eyy, exy, theta) is moved by +-``step`` about the position's label and the
+    engine run again with the same seeds (shift, thickness), in double precision; the Poisson Fisher
+    information and the expected MAE of an ideal unbiased estimator come from
+    :mod:`edgestem.crb` (the kinematic bound's math). The lattice is static here (frozen phonons
+    off): a displaced configuration is drawn per atom of the box, and the atoms in the box change
+    with F, so phonon draws cannot be held fixed between the perturbed patterns. Returns
+    ``{"binning": {b: {dose: {component: mae}}}, ...}`` (strain in %, theta in degrees).
+    """
+    from edgestem.crb import fisher_from_patterns, mae_from_fisher, perturbed_deformations
+    from edgestem.data.simulate import specimen_labels, specimen_rng
+
+    require_physics()
+    sim, ms = cfg.simulate, cfg.simulate.multislice
+    geo = geometry(ms, sim.size)
+    geo = Geometry(**{**geo.__dict__, "frozen_phonons": 0})
+    labels = specimen_labels(sim, specimen_rng(cfg.seed))
+    phonon_seed = int(ms.phonon_seed if ms.phonon_seed is not None else cfg.seed)
+    thick = thickness_map(ms, tuple(sim.scan), phonon_seed, geo.period)
+    seeds = position_seeds(phonon_seed, tuple(sim.scan))
+    lam = []
+    steps = np.zeros(4)
+    for i, j in positions:
+        F = strain.deformation_gradient(*(labels[k][i, j] for k in ("exx", "eyy", "exy", "theta")))
+        Fs, steps = perturbed_deformations(F[None], step)
+        reps = int(round(thick[i, j] * 10.0 / geo.period))
+        lam.append(np.stack([simulate_pattern(geo, f, reps, seeds[i, j], float64=True)[0] for f in Fs[0]]))
+        if progress is not None:
+            progress(1)
+    lam_arr = np.stack(lam)  # (n, 9, Q, Q), each summing to 1: expected counts for one electron
+    out: dict[str, Any] = {"positions": [list(p) for p in positions], "step": step, "binning": {}}
+    for b in binnings:
+        info1 = fisher_from_patterns(lam_arr, steps, 1.0, binning=b)
+        out["binning"][str(b)] = {f"{d:g}": mae_from_fisher(info1 * d) for d in doses}
+    out["thickness_nm"] = [float(thick[i, j]) for i, j in positions]
+    return out

@@ -257,3 +257,17 @@ def test_unknown_crystal_is_a_config_error(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "neither a preset" in res.output
+
+
+@physics
+def test_engine_crb_is_stable_and_obeys_poisson_scaling(tmp_path: Path) -> None:
+    cfg = load_config(_write_config(tmp_path / "c.yaml", TINY))
+    a = ms_mod.crb(cfg, [(0, 1)], doses=(1e2, 1e4), binnings=(1, 2), step=1e-3)
+    b = ms_mod.crb(cfg, [(0, 1)], doses=(1e2, 1e4), binnings=(1, 2), step=3e-4)
+    for k in ("exx", "eyy", "exy", "theta"):
+        fine, coarse = a["binning"]["1"], b["binning"]["1"]
+        assert 0 < fine["10000"][k] < fine["100"][k]
+        assert fine["100"][k] / fine["10000"][k] == pytest.approx(10.0)  # sigma ~ 1 / sqrt(dose)
+        assert fine["10000"][k] == pytest.approx(coarse["10000"][k], rel=0.05)  # the derivative, not the step
+        # Summing pixels cannot add information.
+        assert a["binning"]["2"]["10000"][k] >= fine["10000"][k] * (1 - 1e-9)
