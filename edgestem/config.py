@@ -138,6 +138,12 @@ class MultisliceConfig(Section):
     mantissa_bits: int = Field(
         23, ge=1, le=23, description="float32 mantissa bits kept in the stored patterns (fewer compress better)."
     )
+    quantum_log2: int | None = Field(
+        None,
+        le=0,
+        description="Also round stored values to multiples of 2**quantum_log2 where that is coarser than the "
+        "mantissa (an absolute step for dim pixels; patterns sum to 1); None = off.",
+    )
     gzip: int | None = Field(None, ge=0, le=9, description="gzip level of /data (with shuffle); None = uncompressed.")
 
     @field_validator("thickness_nm")

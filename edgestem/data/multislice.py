@@ -371,21 +371,30 @@ def warnings_quiet() -> Any:
         yield
 
 
-def reduce_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
-    """float32 ``x`` rounded to ``bits`` mantissa bits (round half up on the magnitude; 23 = unchanged)."""
+def reduce_mantissa(x: np.ndarray, bits: int, quantum_log2: int | None = None) -> np.ndarray:
+    """float32 ``x`` rounded to ``bits`` mantissa bits (round half up on the magnitude; 23 = unchanged).
+
+    ``quantum_log2``: where it is coarser, round to multiples of ``2 ** quantum_log2`` instead (an
+    absolute step for the dim pixels, so they compress; values below half of it become 0).
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
     drop = 23 - int(bits)
-    if drop <= 0:
-        return x
-    u = x.view(np.uint32)
-    u = (u + np.uint32(1 << (drop - 1))) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
-    return u.view(np.float32)
+    r = x
+    if drop > 0:
+        u = x.view(np.uint32)
+        u = (u + np.uint32(1 << (drop - 1))) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
+        r = u.view(np.float32)
+    if quantum_log2 is not None:
+        q = np.float32(2.0**quantum_log2)
+        dim = np.abs(x) < np.float32(2.0 ** (quantum_log2 + bits))
+        r = np.where(dim, np.round(x / q) * q, r).astype(np.float32)
+    return r
 
 
 def _cache_key(cfg: Config) -> str:
     """Hash of everything that changes a noiseless pattern (not noise, storage, or kinematic settings)."""
     sim = cfg.simulate
-    ms = sim.multislice.model_dump(mode="json", exclude={"mantissa_bits", "gzip"})
+    ms = sim.multislice.model_dump(mode="json", exclude={"mantissa_bits", "quantum_log2", "gzip"})
     key = {
         "engine": SIMULATOR,
         "seed": int(cfg.seed),
@@ -558,7 +567,7 @@ def simulate_to_file(
                 raise DataError(
                     f"{folder}: cached pattern ({i}, {j}) is unreadable ({exc}); it was removed, run again"
                 ) from None
-    data = reduce_mantissa(data, ms.mantissa_bits)
+    data = reduce_mantissa(data, ms.mantissa_bits, ms.quantum_log2)
     if noise_mod.is_active(cfg.noise):
         hot = noise_mod.hot_pixel_mask(q, cfg.noise.hot_pixels, cfg.seed) if cfg.noise.hot_pixels > 0 else None
         for r in range(rx):
