@@ -98,6 +98,12 @@ def test_reduce_mantissa_rounds_to_the_kept_bits() -> None:
         mant = r.view(np.uint32) & np.uint32((1 << (23 - bits)) - 1)
         assert not mant.any()
     assert reduce_mantissa(np.float32([1.0 + 2**-4]), 3)[0] == np.float32(1.125)  # half rounds up
+    # An absolute step for dim values: multiples of 2^-20 below 2^(-20 + bits), relative rounding above.
+    r = reduce_mantissa(x, 8, -20)
+    dim = x < 2.0 ** (-20 + 8)
+    assert np.all(np.abs(r[dim] - x[dim]) <= 2.0**-21 * (1 + 1e-6))
+    assert np.all(np.mod(r[dim] / 2.0**-20, 1.0) == 0)
+    assert np.array_equal(r[~dim], reduce_mantissa(x, 8)[~dim])
 
 
 def test_missing_extra_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
