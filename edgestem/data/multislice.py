@@ -444,6 +444,19 @@ def _job(args: tuple[Geometry, np.ndarray, int, np.ndarray, str, int, int]) -> t
 def _worker_init() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = "1"
+    # A killed run must not leave workers behind: exit when the parent is gone (finished patterns
+    # are already in the cache; the one in progress is lost, its file never appears).
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _run_jobs(jobs: list[Any], workers: int, progress: Callable[[int], None] | None) -> None:

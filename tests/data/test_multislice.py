@@ -277,3 +277,13 @@ def test_engine_crb_is_stable_and_obeys_poisson_scaling(tmp_path: Path) -> None:
         assert fine["10000"][k] == pytest.approx(coarse["10000"][k], rel=0.05)  # the derivative, not the step
         # Summing pixels cannot add information.
         assert a["binning"]["2"]["10000"][k] >= fine["10000"][k] * (1 - 1e-9)
+
+
+@physics
+@pytest.mark.slow
+def test_worker_processes_give_the_same_bytes(tmp_path: Path) -> None:
+    cfg = load_config(_write_config(tmp_path / "c.yaml", TINY))
+    ms_mod.simulate_to_file(cfg, tmp_path / "one.h5", workers=1)
+    ms_mod.simulate_to_file(cfg, tmp_path / "two.h5", workers=2)
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "two.h5") as b:
+        assert a["data"][()].tobytes() == b["data"][()].tobytes()
