@@ -125,8 +125,17 @@ def simulate(
         from edgestem.data import multislice
 
         multislice.require_physics()
-        with progress_bar("simulating (abtem)", rx * ry, enabled=not quiet) as advance:
-            multislice.simulate_to_file(cfg, out, progress=advance, workers=workers, keep_cache=keep_cache)
+        try:
+            with progress_bar("simulating (abtem)", rx * ry, enabled=not quiet) as advance:
+                multislice.simulate_to_file(cfg, out, progress=advance, workers=workers, keep_cache=keep_cache)
+        except KeyboardInterrupt:
+            cache = multislice.cache_dir(cfg, out)
+            typer.echo(
+                f"edgestem simulate: interrupted; finished patterns are kept in {cache}: "
+                "run the same command again to resume",
+                err=True,
+            )
+            raise typer.Exit(130) from None
         what = f"{cfg.simulate.multislice.crystal} multislice"
     else:
         from edgestem.data.simulate import simulate_to_file

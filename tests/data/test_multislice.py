@@ -287,3 +287,25 @@ def test_worker_processes_give_the_same_bytes(tmp_path: Path) -> None:
     ms_mod.simulate_to_file(cfg, tmp_path / "two.h5", workers=2)
     with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "two.h5") as b:
         assert a["data"][()].tobytes() == b["data"][()].tobytes()
+
+
+@physics
+def test_interrupt_keeps_finished_patterns_and_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg_path = _write_config(tmp_path / "c.yaml", TINY)
+    out = tmp_path / "ms.h5"
+    real = ms_mod.simulate_pattern
+    calls = []
+
+    def interrupted_third(geo, F, repeats, seeds):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(geo, F, repeats, seeds)
+
+    monkeypatch.setattr(ms_mod, "simulate_pattern", interrupted_third)
+    res = runner.invoke(app, ["simulate", "-c", str(cfg_path), "-o", str(out), "-q"])
+    assert res.exit_code == 130 and "run the same command again to resume" in res.output
+    assert not out.exists()
+    assert len(list(ms_mod.cache_dir(load_config(cfg_path), out).glob("*.npz"))) == 2
