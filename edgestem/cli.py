@@ -175,13 +175,20 @@ def simulate(
     noise_w: float | None = typer.Option(None, "--noise-w", help="Background-noise weight w (then Poisson at 1e5)."),
     dose: float | None = typer.Option(None, "--dose", help="Poisson noise at this many electrons per pattern."),
     seed: int | None = typer.Option(None, help="Seed of every random draw. [default: 0]"),
+    engine: str | None = typer.Option(
+        None, help="kinematic (disks) or abtem (multislice; pip install 'edgestem[physics]'). [default: kinematic]"
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="abtem: worker processes."),
+    keep_cache: bool = typer.Option(False, "--keep-cache", help="abtem: keep the per-pattern cache after writing."),
     quiet: bool = QuietOpt,
 ) -> None:
-    """Simulate a 4D-STEM scan with known strain and rotation labels (kinematic diffraction)."""
+    """Simulate a 4D-STEM scan with known strain and rotation labels (kinematic or multislice diffraction).
+
+    abtem: patterns are cached beside the output as they finish; a killed run resumes.
+    """
     from edgestem.atomic import write_json
     from edgestem.config import load_config
     from edgestem.data.io import check_writable_format
-    from edgestem.data.simulate import simulate_to_file
     from edgestem.paths import check_output_file
     from edgestem.progress import progress_bar
     from edgestem.runinfo import stage_report
@@ -197,18 +204,38 @@ def simulate(
             "simulate.lattice.kind": lattice,
             "simulate.specimen.kind": specimen,
             "seed": seed,
+            "simulate.engine": engine,
             **_noise_overrides(noise_w, dose),
         },
     )
     _check_scan_fits(out, cfg.simulate.scan, cfg.simulate.size)
-    n_rows = cfg.simulate.scan[0]
-    with progress_bar("simulating", n_rows, enabled=not quiet) as advance:
-        simulate_to_file(cfg, out, progress=advance)
-    write_json(_sidecar(out), stage_report("simulate", outputs={"data": out}, config=cfg, started=t0))
     rx, ry = cfg.simulate.scan
+    if cfg.simulate.engine == "abtem":
+        from edgestem.data import multislice
+
+        multislice.require_physics()
+        try:
+            with progress_bar("simulating (abtem)", rx * ry, enabled=not quiet) as advance:
+                multislice.simulate_to_file(cfg, out, progress=advance, workers=workers, keep_cache=keep_cache)
+        except KeyboardInterrupt:
+            cache = multislice.cache_dir(cfg, out)
+            typer.echo(
+                f"edgestem simulate: interrupted; finished patterns are kept in {cache}: "
+                "run the same command again to resume",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        what = f"{cfg.simulate.multislice.crystal} multislice"
+    else:
+        from edgestem.data.simulate import simulate_to_file
+
+        with progress_bar("simulating", rx, enabled=not quiet) as advance:
+            simulate_to_file(cfg, out, progress=advance)
+        what = cfg.simulate.lattice.kind
+    write_json(_sidecar(out), stage_report("simulate", outputs={"data": out}, config=cfg, started=t0))
     typer.echo(
         f"wrote {out}: {rx}x{ry} patterns of {cfg.simulate.size}x{cfg.simulate.size} px, "
-        f"{cfg.simulate.lattice.kind} {cfg.simulate.specimen.kind}, noise {cfg.noise.model}"
+        f"{what} {cfg.simulate.specimen.kind}, noise {cfg.noise.model}"
     )
 
 

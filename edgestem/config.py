@@ -119,13 +119,80 @@ class NoiseConfig(Section):
     )
 
 
-class SimulateConfig(Section):
-    """The built-in kinematic 4D-STEM simulator."""
+class MultisliceConfig(Section):
+    """The abTEM multislice engine (``simulate.engine: abtem``; needs ``pip install 'edgestem[physics]'``)."""
 
+    crystal: str = Field(
+        "Si", description="Preset (Si, GaN, Au) or a structure file read by ase (CIF, ...), one unit cell."
+    )
+    zone_axis: tuple[int, int, int] | None = Field(
+        None,
+        description="Zone axis [uvw] in the cell's vectors (hexagonal [0001] = [0, 0, 1]); None = the preset's "
+        "(Si [001], GaN [0001], Au [111]; [001] for a file).",
+    )
+    thickness_nm: float | tuple[float, float] = Field(
+        20.0,
+        description="Specimen thickness, nm: one value, or [min, max] for a linear ramp across the scan "
+        "(seeded direction); rounded to whole repeats of the crystal along the zone axis.",
+    )
+    energy_kev: float = Field(200.0, gt=0, description="Beam energy, keV.")
+    semiangle_mrad: float = Field(3.0, gt=0, description="Probe convergence semi-angle, mrad (sets the disk radius).")
+    reciprocal_pixel: float = Field(
+        0.025,
+        gt=0,
+        description="Detector pixel in reciprocal space, 1/Angstrom; the periodic box is 1 / reciprocal_pixel wide.",
+    )
+    gpts: int | None = Field(
+        None,
+        ge=8,
+        description="Real-space grid of the box (None = the smallest even >= 1.5 x size + 3, so the "
+        "antialiasing aperture reaches the detector edge).",
+    )
+    slices_per_repeat: int = Field(
+        2, ge=1, description="Multislice slices per repeat of the crystal along the zone axis."
+    )
+    frozen_phonons: int = Field(4, ge=0, description="Frozen-phonon configurations averaged per pattern (0 = static).")
+    phonon_pool: int = Field(4, ge=1, description="Displaced repeats drawn per configuration (abTEM CrystalPotential).")
+    phonon_sigma: float | None = Field(
+        None,
+        ge=0,
+        description="RMS thermal displacement per direction, Angstrom (None = the preset's, 0.08 for a file).",
+    )
+    phonon_seed: int | None = Field(None, description="Seed of the phonons and probe offsets (None = the config seed).")
+    jitter: bool = Field(
+        True, description="Shift the crystal by a random fraction of a cell per position (probe lands anywhere)."
+    )
+    mantissa_bits: int = Field(
+        23, ge=1, le=23, description="float32 mantissa bits kept in the stored patterns (fewer compress better)."
+    )
+    quantum_log2: int | None = Field(
+        None,
+        le=0,
+        description="Also round stored values to multiples of 2**quantum_log2 where that is coarser than the "
+        "mantissa (an absolute step for dim pixels; patterns sum to 1); None = off.",
+    )
+    gzip: int | None = Field(None, ge=0, le=9, description="gzip level of /data (with shuffle); None = uncompressed.")
+
+    @field_validator("thickness_nm")
+    @classmethod
+    def _thickness(cls, v: Any) -> Any:
+        values = (v,) if isinstance(v, int | float) else tuple(v)
+        if min(values) <= 0 or (len(values) == 2 and values[0] > values[1]):
+            raise ValueError("thickness_nm must be > 0, and a range must be [min, max]")
+        return v
+
+
+class SimulateConfig(Section):
+    """The 4D-STEM simulator: built-in kinematic disks, or abTEM multislice."""
+
+    engine: Literal["kinematic", "abtem"] = Field(
+        "kinematic", description="kinematic: disks of one shape (fast); abtem: multislice (the physics extra)."
+    )
     scan: tuple[int, int] = Field((32, 32), description="Scan shape (Rx, Ry).")
     size: int = Field(64, ge=8, description="Pattern size Q (patterns are Q x Q).")
     lattice: LatticeConfig = Field(default_factory=LatticeConfig)
     specimen: SpecimenConfig = Field(default_factory=SpecimenConfig)
+    multislice: MultisliceConfig = Field(default_factory=MultisliceConfig)
 
     @field_validator("scan", mode="before")
     @classmethod

@@ -32,15 +32,84 @@ would dominate finite differences with steps of 1e-4); a test checks that the tw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from edgestem import strain
-from edgestem.config import LatticeConfig
+from edgestem.config import Config, LatticeConfig
 from edgestem.data import simulate as sim
 from edgestem.data.noise import lorentzian_background
 
-__all__ = ["PARAMS", "render64", "expected_counts", "fisher_information", "crb_sigma", "crb_mae"]
+
+def crb_multislice(
+    cfg: Config,
+    positions: list[tuple[int, int]],
+    doses: tuple[float, ...] = (1e2, 1e3, 1e4),
+    binnings: tuple[int, ...] = (1, 2),
+    step: float = 1e-3,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Cramer-Rao bound of ``cfg``'s multislice patterns at scan ``positions``, by finite differences.
+
+    Each parameter (exx, eyy, exy, theta) is moved by +-``step`` about the position's label and the
+    engine run again with the same seeds (shift, thickness), in double precision; the Poisson Fisher
+    information and the expected MAE of an ideal unbiased estimator come from
+    :mod:`edgestem.crb` (the kinematic bound's math, in this module). The lattice is static here (frozen phonons
+    off): a displaced configuration is drawn per atom of the box, and the atoms in the box change
+    with F, so phonon draws cannot be held fixed between the perturbed patterns. Returns
+    ``{"binning": {b: {dose: {component: mae}}}, ...}`` (strain in %, theta in degrees).
+    """
+    from edgestem import strain
+    from edgestem.data.multislice import (
+        Geometry,
+        geometry,
+        position_seeds,
+        require_physics,
+        simulate_pattern,
+        thickness_map,
+    )
+    from edgestem.data.simulate import specimen_labels, specimen_rng
+
+    require_physics()
+    sim, ms = cfg.simulate, cfg.simulate.multislice
+    geo = geometry(ms, sim.size)
+    geo = Geometry(**{**geo.__dict__, "frozen_phonons": 0})
+    labels = specimen_labels(sim, specimen_rng(cfg.seed))
+    phonon_seed = int(ms.phonon_seed if ms.phonon_seed is not None else cfg.seed)
+    thick = thickness_map(ms, tuple(sim.scan), phonon_seed, geo.period)
+    seeds = position_seeds(phonon_seed, tuple(sim.scan))
+    lam = []
+    steps = np.zeros(4)
+    for i, j in positions:
+        F = strain.deformation_gradient(*(labels[k][i, j] for k in ("exx", "eyy", "exy", "theta")))
+        Fs, steps = perturbed_deformations(F[None], step)
+        reps = int(round(thick[i, j] * 10.0 / geo.period))
+        lam.append(np.stack([simulate_pattern(geo, f, reps, seeds[i, j], float64=True)[0] for f in Fs[0]]))
+        if progress is not None:
+            progress(1)
+    lam_arr = np.stack(lam)  # (n, 9, Q, Q), each summing to 1: expected counts for one electron
+    out: dict[str, Any] = {"positions": [list(p) for p in positions], "step": step, "binning": {}}
+    for b in binnings:
+        info1 = fisher_from_patterns(lam_arr, steps, 1.0, binning=b)
+        out["binning"][str(b)] = {f"{d:g}": mae_from_fisher(info1 * d) for d in doses}
+    out["thickness_nm"] = [float(thick[i, j]) for i, j in positions]
+    return out
+
+
+__all__ = [
+    "crb_multislice",
+    "PARAMS",
+    "render64",
+    "expected_counts",
+    "fisher_information",
+    "perturbed_deformations",
+    "fisher_from_patterns",
+    "mae_from_fisher",
+    "crb_sigma",
+    "crb_mae",
+]
 
 PARAMS = ("exx", "eyy", "exy", "theta")
 
@@ -103,23 +172,50 @@ def fisher_information(
         raise ValueError(f"background weight w must be in [0, 1), got {w}")
     if counts <= 0 or step <= 0 or binning < 1:
         raise ValueError("counts and step must be positive and binning >= 1")
-    p0 = strain.strain_from_deformation(F)
+    Fs, steps = perturbed_deformations(F, step)
+    n = F.shape[0]
+    lam = expected_counts(Fs.reshape(-1, 2, 2), lat, size, counts, w, hwhm_px).reshape(n, 9, size, size)
+    return fisher_from_patterns(lam, steps, counts, binning, min_fraction)
+
+
+def perturbed_deformations(F: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """``F`` (N, 2, 2) and its central-difference neighbours: (N, 9, 2, 2) and the 4 steps.
+
+    Index 0 is ``F`` itself, ``1 + 2a`` / ``2 + 2a`` parameter ``a`` (exx, eyy, exy, theta) plus /
+    minus its step (``step`` in strain, ``step`` radians in theta, expressed in degrees).
+    """
+    p0 = strain.strain_from_deformation(np.asarray(F, dtype=float))
     base = np.stack([p0[k] for k in PARAMS], axis=-1)  # (N, 4)
     steps = np.array([step, step, step, math.degrees(step)])
-    n = F.shape[0]
-    # One batch: the pattern itself and the +-step perturbation of each parameter.
     P = np.repeat(base[:, None, :], 9, axis=1)
     for a in range(4):
         P[:, 1 + 2 * a, a] += steps[a]
         P[:, 2 + 2 * a, a] -= steps[a]
-    Fs = strain.deformation_gradient(P[..., 0], P[..., 1], P[..., 2], P[..., 3]).reshape(-1, 2, 2)
-    lam = expected_counts(Fs, lat, size, counts, w, hwhm_px).reshape(n, 9, size, size)
-    lam = _bin(lam, int(binning))
+    return strain.deformation_gradient(P[..., 0], P[..., 1], P[..., 2], P[..., 3]), steps
+
+
+def fisher_from_patterns(
+    lam: np.ndarray, steps: np.ndarray, counts: float, binning: int = 1, min_fraction: float = 1e-10
+) -> np.ndarray:
+    """Poisson Fisher information (N, 4, 4) from expected counts (N, 9, Q, Q) at :func:`perturbed_deformations`.
+
+    Shared by the kinematic bound and the bound of any other engine (e.g. multislice): only the
+    patterns differ. ``binning`` sums pixel blocks first; pixels below ``min_fraction * counts`` are
+    left out.
+    """
+    lam = _bin(np.asarray(lam, dtype=float), int(binning))
     centre = lam[:, 0]
     deriv = np.stack([(lam[:, 1 + 2 * a] - lam[:, 2 + 2 * a]) / (2.0 * steps[a]) for a in range(4)], axis=1)
     keep = centre > min_fraction * float(counts)
     weight = np.divide(keep, centre, out=np.zeros_like(centre), where=keep)
     return np.einsum("napq,nbpq,npq->nab", deriv, deriv, weight)
+
+
+def mae_from_fisher(info: np.ndarray) -> dict[str, float]:
+    """Expected MAE ``sqrt(2/pi) sigma`` (strain in %, theta in degrees) averaged over patterns (N, 4, 4)."""
+    sigma = np.sqrt(np.diagonal(np.linalg.inv(info), axis1=-2, axis2=-1)) * np.array([100.0, 100.0, 100.0, 1.0])
+    mae = math.sqrt(2.0 / math.pi) * sigma.mean(axis=0)
+    return {k: float(v) for k, v in zip(PARAMS, mae, strict=True)}
 
 
 def crb_sigma(

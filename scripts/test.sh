@@ -3,7 +3,7 @@
 # (e.g. scripts/test.sh -m slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-venv.sh .venv dev,io,fpga,study,rtl
+scripts/setup-venv.sh .venv dev,io,fpga,study,rtl,physics
 # FINN (finn-plus) lives in its own environment (its pins conflict with ours): about 1-2 min and
 # 2.3 GB the first time, nothing afterwards. EDGESTEM_SKIP_FINN=1 leaves it out (the `finn` tests
 # then skip, saying so).

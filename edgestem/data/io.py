@@ -810,10 +810,11 @@ def open_4dstem(path: str | os.PathLike[str], dataset: str | None = None) -> Dat
 class HDF5Writer:
     """Writes edgestem's HDF5 layout block by block (see :func:`hdf5_writer`)."""
 
-    def __init__(self, f: Any, shape: tuple[int, int, int, int], dtype: Any) -> None:
+    def __init__(self, f: Any, shape: tuple[int, int, int, int], dtype: Any, gzip: int | None = None) -> None:
         self._f = f
         self.shape = shape
-        self.data = f.create_dataset("data", shape=shape, dtype=dtype, chunks=(1, 1, shape[2], shape[3]))
+        packing = {} if gzip is None else {"compression": "gzip", "compression_opts": int(gzip), "shuffle": True}
+        self.data = f.create_dataset("data", shape=shape, dtype=dtype, chunks=(1, 1, shape[2], shape[3]), **packing)
 
     def write(self, rows: slice, block: np.ndarray) -> None:
         """Write whole scan rows ``block`` of shape ``(n, Ry, Qx, Qy)`` at ``rows``."""
@@ -828,6 +829,11 @@ class HDF5Writer:
             g.create_dataset(k, data=v)
         g.attrs["units"] = json.dumps({"exx": "fraction", "eyy": "fraction", "exy": "fraction", "theta": "degree"})
 
+    def set_array(self, name: str, values: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
+        """An extra array (e.g. ``specimen/thickness_nm``) next to ``/data``, with optional attributes."""
+        ds = self._f.create_dataset(name, data=np.asarray(values))
+        _set_h5_attrs(ds, attrs or {})
+
 
 def _set_h5_attrs(obj: Any, attrs: dict[str, Any]) -> None:
     for k, v in attrs.items():
@@ -841,8 +847,12 @@ def hdf5_writer(
     *,
     attrs: dict[str, Any] | None = None,
     dtype: Any = np.float32,
+    gzip: int | None = None,
 ) -> Iterator[HDF5Writer]:
-    """Create an edgestem HDF5 file atomically: it appears at ``path`` only if the block succeeds."""
+    """Create an edgestem HDF5 file atomically: it appears at ``path`` only if the block succeeds.
+
+    ``gzip``: compression level of ``/data`` (with the shuffle filter); None writes it uncompressed.
+    """
     import h5py
 
     from edgestem import __version__
@@ -853,7 +863,7 @@ def hdf5_writer(
             f.attrs["edgestem_version"] = __version__
             cal = calibration_of(attrs or {})
             _set_h5_attrs(f, {**(attrs or {}), **({"calibration": cal} if cal else {})})
-            yield HDF5Writer(f, shape, dtype)
+            yield HDF5Writer(f, shape, dtype, gzip)
             arrays = {"datacube": (f["data"], ("Rx", "Ry", "Qx", "Qy"))}
             if "labels" in f:
                 arrays.update({k: (f["labels"][k], ("Rx", "Ry")) for k in f["labels"]})
