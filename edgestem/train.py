@@ -161,8 +161,9 @@ def check_collapse(model: CCSTAE, x: np.ndarray) -> dict[str, float]:
     return {k: float(v.double().std()) for k, v in p.items()}
 
 
-# A component whose spread grew by more than this over the last quarter of the epochs is still being learned.
-STILL_GROWING = 0.10
+# A component whose spread grew by more than this over the last quarter of the epochs is still being learned
+# (the Si development set's sx and sy grew 5-8 % there with slopes of 0.6-0.7).
+STILL_GROWING = 0.05
 
 
 def learning_verdict(history: list[dict[str, Any]]) -> dict[str, Any]:
