@@ -484,7 +484,7 @@ def _run_jobs(jobs: list[Any], workers: int, progress: Callable[[int], None] | N
 
 def file_attrs(cfg: Config, geo: Geometry, lattice: dict[str, Any], phonon_seed: int) -> dict[str, Any]:
     """Root attributes: the kinematic engine's keys plus the engine, versions and every parameter."""
-    from edgestem.data import noise as noise_mod
+    from edgestem.data.simulate import units_attr
 
     clean = "normalised intensity (sum 1 per pattern over the detector crop)"
     ms = cfg.simulate.multislice
@@ -508,16 +508,7 @@ def file_attrs(cfg: Config, geo: Geometry, lattice: dict[str, Any], phonon_seed:
                 "projection": "infinite",
             }
         ),
-        "units": json.dumps(
-            {
-                "data": noise_mod.noise_units(cfg.noise, clean) if noise_mod.is_active(cfg.noise) else clean,
-                "q": "detector pixel (axis -2 = kx, axis -1 = ky, centre (Q-1)/2)",
-                "exx": "fraction",
-                "eyy": "fraction",
-                "exy": "fraction",
-                "theta": "degree",
-            }
-        ),
+        "units": units_attr(cfg, clean),
     }
 
 

@@ -357,6 +357,20 @@ def simulate(
     return labels, blocks()
 
 
+def units_attr(cfg: Config, clean: str) -> str:
+    """The ``units`` attribute of a simulated file (JSON): data (after the config's noise), q, labels."""
+    return json.dumps(
+        {
+            "data": noise_mod.noise_units(cfg.noise, clean) if noise_mod.is_active(cfg.noise) else clean,
+            "q": "detector pixel (axis -2 = kx, axis -1 = ky, centre (Q-1)/2)",
+            "exx": "fraction",
+            "eyy": "fraction",
+            "exy": "fraction",
+            "theta": "degree",
+        }
+    )
+
+
 def file_attrs(cfg: Config) -> dict[str, Any]:
     """Root attributes of a simulated file (config YAML, seed, noise, lattice, specimen, units)."""
     lat = cfg.simulate.lattice
@@ -376,16 +390,7 @@ def file_attrs(cfg: Config) -> dict[str, Any]:
         ),
         "specimen": json.dumps(cfg.simulate.specimen.model_dump(mode="json")),
         "simulator": SIMULATOR,
-        "units": json.dumps(
-            {
-                "data": noise_mod.noise_units(cfg.noise, clean) if noise_mod.is_active(cfg.noise) else clean,
-                "q": "detector pixel (axis -2 = kx, axis -1 = ky, centre (Q-1)/2)",
-                "exx": "fraction",
-                "eyy": "fraction",
-                "exy": "fraction",
-                "theta": "degree",
-            }
-        ),
+        "units": units_attr(cfg, clean),
     }
 
 
