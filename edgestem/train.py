@@ -371,7 +371,7 @@ def _train(
                 "stage": stage.name if stage is not None else "train",
                 **(stage.checkpoint if stage is not None else {}),
                 "data": {
-                    "path": str(data.path),
+                    "path": str(Path(data.path).resolve()),  # absolute: later stages may run from another directory
                     "fingerprint": data.fingerprint,
                     "scan_shape": list(data.scan_shape),
                     "pattern_shape": list(data.raw.shape[-2:]),
