@@ -152,6 +152,25 @@ def test_qat_resume_equals_uninterrupted(float_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_calibration_patterns_span_the_scan_and_float_teacher_trains(float_run, tmp_path, monkeypatch):
+    """Calibration takes patterns from the whole scan: from its first rows only, a grain those rows
+    miss had its outputs clipped by the output quantizer (a -24 deg grain read as -22.8 deg)."""
+    import edgestem.compress.quantize as q
+
+    seen = []
+    real = q.calibrate
+    monkeypatch.setattr(q, "calibrate", lambda enc, x: (seen.append(x.copy()), real(enc, x))[1])
+    qcfg = load_config(None, {"qat.bits": 6, "qat.epochs": 1, "qat.calibration_patterns": 8, "qat.teacher": "float"})
+    qat_run(float_run, qcfg.qat, out=tmp_path / "qat")
+    from edgestem.data.dataset import load_data
+
+    d = load_data(load_checkpoint(float_run)["data"]["path"], load_config(None, TINY))
+    rows = [int(np.flatnonzero((d.x == x[None]).all(axis=(1, 2, 3)))[0]) for x in seen[0]]
+    assert len(rows) == 8 and min(rows) < len(d.x) // 8 and max(rows) > 7 * len(d.x) // 8
+    hist = json.loads((tmp_path / "qat" / "train.json").read_text())["history"]
+    assert "train_distill" in hist[0]
+
+
 def test_qat_refuses_a_quantized_source_and_a_missing_run(float_run, tmp_path):
     qcfg = load_config(None, {"qat.epochs": 1}).qat
     with pytest.raises(EdgestemError, match="no float checkpoint"):
