@@ -100,32 +100,26 @@ def distill_run(
     """
     from edgestem.atomic import atomic_path, write_json
     from edgestem.config import save_config
-    from edgestem.data.dataset import load_data
     from edgestem.evaluate import predict_affine
-    from edgestem.rundir import load_checkpoint, model_from_checkpoint
+    from edgestem.rundir import load_checkpoint, model_from_checkpoint, open_stage
     from edgestem.runinfo import stage_report
     from edgestem.train import train
 
     t_start = time.perf_counter()
     run = Path(run)
     out = Path(out) if out is not None else run / DISTILL_DIR
-    state = load_checkpoint(run)
-    if state.get("quant"):
+    source = open_stage(run)
+    if source.state.get("quant"):
         raise EdgestemError(f"{run} is a quantized run; distil the float run and run qat from the distilled one")
-    base_model, base_cfg = model_from_checkpoint(state)
+    base_cfg = source.cfg
     dcfg = cfg if cfg is not None else base_cfg.distill
-    data_path = Path(data) if data is not None else Path(state["data"]["path"])
+    data_path = Path(data) if data is not None else Path(source.state["data"]["path"])
     if not data_path.is_file():
         raise EdgestemError(f"{data_path}: the data to distil on is missing; give it with --data")
     if has_checkpoint(out) and not resume:
         raise EdgestemError(f"{out} already holds a distilled run; use --resume to continue it or choose another --out")
-    d = load_data(data_path, base_cfg)
-    size = base_cfg.preprocess.size
-    if d.x.shape[-2:] != (size, size):
-        raise EdgestemError(
-            f"{data_path}: patterns pre-process to {d.x.shape[-2:]}, the run was trained on {size}x{size}"
-        )
-    symmetry = state["symmetry"]
+    d = source.read(data_path)
+    symmetry = source.symmetry(d)
     cfg_train = base_cfg.model_copy(
         update={
             "distill": dcfg,
@@ -157,7 +151,7 @@ def distill_run(
                 f"the {dcfg.teacher} teacher mapped only {int(ok.sum())} of {len(ok)} patterns; "
                 "train the float run longer or try --teacher classical"
             )
-        stage = _stage(src_state, src_model, A_t, ok, dcfg, symmetry)
+        stage = _stage(src_state, A_t, ok, dcfg)
         resume_round = has_checkpoint(rdir)
         rep = train(cfg_train, data_path, rdir, resume=resume_round, progress=progress, stage=stage)
         rounds.append(
@@ -186,14 +180,7 @@ def distill_run(
     return report
 
 
-def _stage(
-    src_state: dict[str, Any],
-    src_model: Any,
-    A_t: np.ndarray,
-    ok: np.ndarray,
-    dcfg: DistillConfig,
-    symmetry: str | None,
-) -> Any:
+def _stage(src_state: dict[str, Any], A_t: np.ndarray, ok: np.ndarray, dcfg: DistillConfig) -> Any:
     """The fine-tuning stage: the source model's weights, the regression term on the teacher's maps."""
     import torch
 
