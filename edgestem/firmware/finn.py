@@ -46,6 +46,7 @@ from edgestem.firmware.registry import (
     FirmwareMismatch,
     FirmwareRequest,
     clear_project,
+    make_request,
     write_firmware_report,
 )
 
@@ -339,16 +340,7 @@ def build_finn(
     tie_rounding: str = "half_even",
 ) -> dict[str, Any]:
     """Python entry with FINN's own options (the target frame rate, the tie rounding); see :func:`build_request`."""
-    from edgestem.targets.boards import load_board
-
-    target = load_board(board) if isinstance(board, str) else board
-    req = FirmwareRequest(
-        run=Path(run),
-        board=target,
-        clock_ns=target.clock_ns if clock_ns is None else clock_ns,
-        patterns=patterns,
-        data=None if data is None else Path(data),
-    )
+    req = make_request(run, board=board, clock_ns=clock_ns, data=data, patterns=patterns)
     return build_request(req, target_fps=target_fps, tie_rounding=tie_rounding)
 
 

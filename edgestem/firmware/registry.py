@@ -123,23 +123,45 @@ def build_firmware(
     ``board`` is a preset name, a board YAML file or a part number (or a loaded Board);
     ``clock_ns`` defaults to the board's clock.
     """
-    from edgestem.targets.boards import load_board
-
     builder = get(backend)
-    target = load_board(board) if isinstance(board, str) else board
-    request = FirmwareRequest(
-        run=Path(run),
-        board=target,
-        clock_ns=target.clock_ns if clock_ns is None else clock_ns,
+    request = make_request(
+        run,
+        board=board,
+        clock_ns=clock_ns,
         io=io,
         reuse=reuse,
         strategy=strategy,
         hls=hls,
         patterns=patterns,
-        data=None if data is None else Path(data),
+        data=data,
         target_fps=target_fps,
     )
     return builder(request)
 
 
-__all__ = ["FirmwareMismatch", "FirmwareRequest", "build_firmware", "get", "names", "write_firmware_report"]
+def make_request(
+    run: str | Path, *, board: str | Any, clock_ns: float | None, data: str | Path | None, **options: Any
+) -> FirmwareRequest:
+    """A :class:`FirmwareRequest` from user-level options: the board loaded by name (or taken as a
+    loaded Board), the clock defaulting to the board's, paths as :class:`Path`."""
+    from edgestem.targets.boards import load_board
+
+    target = load_board(board) if isinstance(board, str) else board
+    return FirmwareRequest(
+        run=Path(run),
+        board=target,
+        clock_ns=target.clock_ns if clock_ns is None else clock_ns,
+        data=None if data is None else Path(data),
+        **options,
+    )
+
+
+__all__ = [
+    "FirmwareMismatch",
+    "FirmwareRequest",
+    "build_firmware",
+    "get",
+    "make_request",
+    "names",
+    "write_firmware_report",
+]
